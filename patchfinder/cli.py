@@ -25,7 +25,7 @@ from rich.table import Table
 
 from patchfinder import __version__
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF C++ info, warnings, CUDA probes
 
 app = typer.Typer(
     help="Find natural adversarial patches for image classifiers and measure their flip rates.",
@@ -99,7 +99,8 @@ def models() -> None:
     from patchfinder.model import DEFAULT_MODEL, zoo
 
     table = Table(title="patchfinder models")
-    for column in ("name", "input", "classes", "default layer", "layers", "weights"):
+    table.add_column("name", no_wrap=True)
+    for column in ("input", "classes", "default layer", "layers", "weights"):
         table.add_column(column, overflow="fold")
     for spec in zoo().values():
         name = spec.name + (" (default)" if spec.name == DEFAULT_MODEL else "")
@@ -110,7 +111,7 @@ def models() -> None:
             f"{spec.input_size}x{spec.input_size}",
             str(spec.classes),
             spec.default_layer,
-            ", ".join(spec.layers),
+            f"{spec.layers[0]} .. {spec.layers[-1]} ({len(spec.layers)})",
             spec.weights_source,
         )
     out.print(table)
@@ -200,7 +201,8 @@ def classify(
         sys.stdout.write(text)
     else:
         table = Table(show_lines=False)
-        for column in ("file", "label", *(f"top{r}" for r in range(1, top + 1))):
+        table.add_column("file", no_wrap=True)
+        for column in ("label", *(f"top{r}" for r in range(1, top + 1))):
             table.add_column(column, overflow="fold")
         for row in predictions.itertuples(index=False):
             values = row._asdict()
@@ -212,7 +214,7 @@ def classify(
     if summary.skipped:
         err.print(f"[yellow]{len(summary.skipped)} files skipped (could not be decoded):[/]")
         for path, reason in summary.skipped:
-            err.print(f"  {path}: {reason}", highlight=False)
+            err.print(f"  {path}: {reason}", highlight=False, soft_wrap=True)
     accuracy = top1_accuracy(predictions)
     if accuracy.n:
         err.print(f"top-1 accuracy on labelled images: {accuracy}", highlight=False)

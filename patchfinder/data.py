@@ -48,6 +48,10 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 LABELS_FILE = "labels.csv"
 #: Largest image (width * height) that `load_image` decodes by default: PIL's default
 #: `Image.MAX_IMAGE_PIXELS`, above which PIL would only warn (DecompressionBombWarning).
+#: The centre crop every stage uses by default: the classic ImageNet evaluation crop
+#: (shorter side resized to size / 0.875), the view the zoo's models were evaluated on.
+DEFAULT_CROP = 0.875
+
 MAX_PIXELS: int = 89_478_485
 #: RGB colour that transparent pixels are composited on.
 ALPHA_BACKGROUND: tuple[int, int, int] = (255, 255, 255)
@@ -376,7 +380,7 @@ def load_image(
     path: str | Path,
     *,
     size: int,
-    crop_fraction: float = 1.0,
+    crop_fraction: float = DEFAULT_CROP,
     max_pixels: int | None = MAX_PIXELS,
 ) -> np.ndarray:
     """Decode an image file into a square RGB array.
@@ -450,7 +454,7 @@ def load_images(
     records: Iterable[ImageRecord],
     *,
     size: int,
-    crop_fraction: float = 1.0,
+    crop_fraction: float = DEFAULT_CROP,
 ) -> tuple[np.ndarray, list[ImageRecord], list[tuple[Path, str]]]:
     """Decode a small set of images into one array, skipping the ones that fail.
 
@@ -513,7 +517,7 @@ def iterate_batches(
     *,
     size: int,
     batch_size: int = 32,
-    crop_fraction: float = 1.0,
+    crop_fraction: float = DEFAULT_CROP,
     summary: LoadSummary | None = None,
 ) -> Iterator[Batch]:
     """Stream decoded batches through `tf.data`, skipping files that fail to decode.

@@ -112,7 +112,7 @@ def test_every_mode_decodes_to_rgb_float(tmp_path, mode):
 def test_16_bit_gradient_scaled_not_clipped(tmp_path):
     path = _save(_mode_image("I;16"), tmp_path / "deep.png")
     assert Image.open(path).mode == "I;16"
-    out = load_image(path, size=12)
+    out = load_image(path, size=12, crop_fraction=1.0)
     assert out.max() > 240.0  # the brightest pixels map near 255
     assert 60.0 < out.mean() < 195.0  # a gradient, not a white (clipped) image
     assert np.allclose(out[..., 0], out[..., 2])  # gray
@@ -122,7 +122,7 @@ def test_16_bit_gradient_scaled_not_clipped(tmp_path):
 def test_32_bit_gray_tiff_scaled(tmp_path, dtype, top):
     gradient = np.linspace(0, top, 12 * 20).reshape(12, 20).astype(dtype)
     path = _save(Image.fromarray(gradient), tmp_path / "deep.tif")
-    out = load_image(path, size=12)
+    out = load_image(path, size=12, crop_fraction=1.0)
     assert out.shape == (12, 12, 3) and out.dtype == np.float32
     assert out.max() > 240.0 and 60.0 < out.mean() < 195.0
 
@@ -132,7 +132,7 @@ def test_transparent_pixels_become_white(tmp_path):
     rgba[..., 0] = 200  # red under full transparency on the left half
     rgba[:, 5:, 3] = 255
     path = _save(Image.fromarray(rgba, "RGBA"), tmp_path / "alpha.png")
-    out = load_image(path, size=10)
+    out = load_image(path, size=10, crop_fraction=1.0)
     assert np.allclose(out[:, 0], 255.0)
     assert np.allclose(out[:, -1], [200.0, 0.0, 0.0])
 
