@@ -665,3 +665,43 @@ def _assemble(
         class_ids=joined("class_ids"),
         class_attribution=joined("class_attribution"),
     )
+
+
+# --- saving ---------------------------------------------------------------------------------
+
+_ARRAYS = (
+    "vectors", "image", "position", "box", "label", "prediction",
+    "pair_attribution", "class_ids", "class_attribution",
+)  # fmt: skip
+
+
+def save_samples(samples: ActivationSamples, path: str | Path) -> Path:
+    """Write the samples with their provenance (files, boxes, labels) to one `.npz`, atomically."""
+    with atomic_write(path, suffix=".npz") as tmp:
+        np.savez_compressed(
+            tmp,
+            layer=np.array(samples.layer),
+            grid=np.array(samples.grid, np.int64),
+            input_size=np.array(samples.input_size, np.int64),
+            files=np.array(samples.files, dtype=str),
+            **{name: getattr(samples, name) for name in _ARRAYS},
+        )
+    return Path(path)
+
+
+def load_samples(path: str | Path) -> ActivationSamples:
+    """Read samples written by `save_samples`; a missing or foreign file is a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Activation samples not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return ActivationSamples(
+                layer=str(data["layer"]),
+                grid=(int(data["grid"][0]), int(data["grid"][1])),
+                input_size=int(data["input_size"]),
+                files=[str(f) for f in data["files"]],
+                **{name: data[name] for name in _ARRAYS},
+            )
+    except (KeyError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path} is not a patchfinder activations file: {error}") from None

@@ -58,3 +58,29 @@ def atomic_write(path: str | Path, *, suffix: str | None = None) -> Iterator[Pat
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 text atomically."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | Path, data: object) -> Path:
+    """Write JSON (indented, UTF-8) atomically; numpy scalars and paths become plain values."""
+    import json
+
+    def plain(value: object) -> object:
+        if hasattr(value, "item"):
+            return value.item()
+        if isinstance(value, Path):
+            return str(value)
+        raise TypeError(f"Cannot write {type(value).__name__} to JSON: {value!r}")
+
+    return write_text(path, json.dumps(data, indent=2, default=plain) + "\n")
+
+
+def write_csv(path: str | Path, frame) -> Path:
+    """Write a pandas DataFrame as CSV (no index) atomically."""
+    return write_text(path, frame.to_csv(index=False))

@@ -102,3 +102,55 @@ class Cell:
     @property
     def count(self) -> int:
         return len(self.members)
+
+
+#: The kinds of patch an evaluation compares (the `kind` column of every table).
+PATCH_KINDS = ("discovered", "given", "noise", "random-crop", "optimized")
+
+
+@dataclass(frozen=True)
+class Patch:
+    """An image to paste onto others.
+
+    Attributes:
+        name: unique within a run, used in tables and file names (e.g. `train-01`).
+        kind: one of PATCH_KINDS.
+        pixels: float32 (h, w, 3) RGB in 0..255 (any size; pasting resizes it).
+    """
+
+    name: str
+    kind: str
+    pixels: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.kind not in PATCH_KINDS:
+            raise ValueError(f"Patch kind must be one of {PATCH_KINDS}; Received: {self.kind!r}")
+        if self.pixels.ndim != 3 or self.pixels.shape[-1] != 3:
+            raise ValueError(
+                f"Patch {self.name!r} pixels must be (h, w, 3); Received: {self.pixels.shape}"
+            )
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A discovered patch and where it came from.
+
+    Attributes:
+        patch: the patch (kind `discovered`).
+        source_file: the pool image it was cropped from.
+        source_class: that image's known class name ("" when unknown).
+        box: (x0, y0, x1, y1) of the crop in the source image's model-input pixels.
+        cell: (x, y) of the atlas cell whose vector led to it.
+        attribution: that vector's pair attribution (dst minus src).
+        screening_rate: targeted flip rate on the screening images (best setting).
+        screening_n: the number of screening images behind that rate.
+    """
+
+    patch: Patch
+    source_file: str
+    source_class: str
+    box: tuple[int, int, int, int]
+    cell: tuple[int, int]
+    attribution: float
+    screening_rate: float = float("nan")
+    screening_n: int = 0

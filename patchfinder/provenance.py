@@ -1,0 +1,60 @@
+"""Where a result came from: model, weights, data, seed, versions and git commit.
+
+Every run that writes results also writes this record beside them, so a reader can tell
+exactly what produced a number and re-run it.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+PACKAGES = ("patchfinder", "tensorflow", "keras", "numpy", "umap-learn", "pillow", "pandas")
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    """Installed versions of `names` ("not installed" where missing)."""
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def git_commit(folder: Path | None = None) -> str:
+    """The commit of the source tree patchfinder runs from, with `-dirty` when it has
+    uncommitted changes; "unknown" outside a git checkout."""
+    folder = folder or Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def provenance(**details: object) -> dict[str, object]:
+    """A JSON-ready record: the caller's `details` (model, weights, data, seed, ...) plus the
+    environment (versions, git commit, Python, platform, UTC time)."""
+    return {
+        **details,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
