@@ -33,7 +33,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
+console = Console()
 err = Console(stderr=True)
 
 #: Errors that are the user's to fix: reported in one line, exit status 2, no traceback.
@@ -76,7 +76,7 @@ def _setup_logging() -> None:
 
 def _version(value: bool) -> None:
     if value:
-        out.print(f"patchfinder {__version__}")
+        console.print(f"patchfinder {__version__}")
         raise typer.Exit()
 
 
@@ -114,7 +114,7 @@ def models() -> None:
             f"{spec.layers[0]} .. {spec.layers[-1]} ({len(spec.layers)})",
             spec.weights_source,
         )
-    out.print(table)
+    console.print(table)
 
 
 # --- classify -------------------------------------------------------------------------------
@@ -208,7 +208,7 @@ def classify(
             values = row._asdict()
             cells = [f"{values[f'top{r}']} {values[f'top{r}_prob']:.2f}" for r in range(1, top + 1)]
             table.add_row(Path(values["file"]).name, values["label"], *cells)
-        out.print(table)
+        console.print(table)
 
     err.print(f"{len(predictions)} images classified with {classifier.name}", highlight=False)
     if summary.skipped:
@@ -218,6 +218,141 @@ def classify(
     accuracy = top1_accuracy(predictions)
     if accuracy.n:
         err.print(f"top-1 accuracy on labelled images: {accuracy}", highlight=False)
+
+
+# --- atlas ----------------------------------------------------------------------------------
+
+#: Options that take several paths (`--images a b c`): click options take one value each, so
+#: the extra values arrive as extra arguments and are appended to the option's list.
+MULTI_PATHS = {"allow_extra_args": True}
+
+
+def _paths(values: list[Path] | None, ctx: typer.Context, option: str) -> list[Path]:
+    extra = [Path(arg) for arg in ctx.args]
+    unknown = [str(arg) for arg in extra if str(arg).startswith("-")]
+    if unknown:
+        raise typer.BadParameter(f"unknown option(s) {unknown}", param_hint=option)
+    paths = list(values or []) + extra
+    if not paths:
+        raise typer.BadParameter("give at least one image file or folder", param_hint=option)
+    return paths
+
+
+@contextmanager
+def _stages(total_images: int) -> Iterator[Callable[[str, int, int], None]]:
+    """Progress bars per stage on stderr; yields `report(stage, done, total)`."""
+    columns = (
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield report
+
+
+@app.command(context_settings=MULTI_PATHS)
+def atlas(
+    ctx: typer.Context,
+    images: Annotated[
+        list[Path] | None, typer.Option("--images", help="Pool images: files or folders.")
+    ] = None,
+    pair: Annotated[str, typer.Option(help="SRC:DST class names, e.g. snorkel:scuba_diver.")] = "",
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("atlas"),
+    model: ModelOption = "efficientnet-lite0",
+    weights: WeightsOption = None,
+    labels: LabelsOption = None,
+    preprocess: PreprocessOption = None,
+    layer: Annotated[str | None, typer.Option(help="Layer (default: the model's).")] = None,
+    samples_per_image: Annotated[int, typer.Option(min=1, help="Positions per image (K).")] = 16,
+    grid: Annotated[int, typer.Option(min=2, help="Atlas grid side N.")] = 20,
+    min_count: Annotated[int, typer.Option(min=1, help="Drop cells with fewer vectors.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed for sampling and layout.")] = 0,
+) -> None:
+    """Build a class-pair activation atlas: cells, vectors, atlas.png, pair_atlas.png, HTML."""
+    import time
+
+    from patchfinder.atlas import image_classes
+    from patchfinder.data import LoadSummary, find_images
+    from patchfinder.discover import pair_atlas
+    from patchfinder.model import load_model
+    from patchfinder.render import write_atlas
+    from patchfinder.types import ClassPair
+
+    paths = _paths(images, ctx, "--images")
+    with _user_errors():
+        if not pair:
+            raise ValueError("--pair SRC:DST is required, e.g. --pair snorkel:scuba_diver")
+        classifier = load_model(
+            model,
+            weights=None if weights is None else str(weights),
+            labels=labels,
+            preprocess=preprocess,
+        )
+        pool = find_images(paths, classes=classifier.classes)
+        class_pair = ClassPair.parse(pair, classifier.classes)
+        chosen = classifier.resolve_layer(layer)
+        summary = LoadSummary()
+        start = time.perf_counter()
+        with _stages(len(pool)) as report:
+            samples, result = pair_atlas(
+                classifier,
+                pool,
+                class_pair,
+                layer=chosen,
+                samples_per_image=samples_per_image,
+                grid=grid,
+                min_count=min_count,
+                seed=seed,
+                progress=report,
+                summary=summary,
+            )
+            report("render", 0, 1)
+            details = {
+                "command": "atlas",
+                "model": classifier.name,
+                "weights": classifier.weights_id,
+                "layer": chosen,
+                "pair": str(class_pair),
+                "images": [str(p) for p in paths],
+                "images_loaded": summary.loaded,
+                "images_skipped": len(summary.skipped),
+                "samples_per_image": samples_per_image,
+                "grid": grid,
+                "min_count": min_count,
+                "seed": seed,
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+            written = write_atlas(out, samples, result, classifier.classes, details=details)
+            report("render", 1, 1)
+
+    ranked = sorted(result.cells, key=lambda cell: -cell.attribution)
+    table = Table(title=f"cells most favouring {class_pair.dst.name} ({chosen})")
+    for column in ("cell", "count", "attribution", "top classes", "found in images of"):
+        table.add_column(column)
+    for cell in ranked[:10]:
+        names = ", ".join(classifier.classes[i].name for i, _ in cell.top_classes[:3])
+        found = ", ".join(
+            f"{classifier.classes[i].name} {share:.0%}" for i, share in image_classes(cell, samples)
+        )
+        table.add_row(
+            f"{cell.x},{cell.y}", str(cell.count), f"{cell.attribution:+.3g}", names, found
+        )
+    console.print(table)
+    err.print(
+        f"{len(samples)} vectors from {summary.loaded} images at {chosen}; "
+        f"{len(result.cells)} cells on a {grid}x{grid} grid; wrote {len(written)} files to {out}",
+        highlight=False,
+    )
+    if summary.skipped:
+        err.print(f"[yellow]{len(summary.skipped)} files skipped (could not be decoded)[/]")
 
 
 if __name__ == "__main__":

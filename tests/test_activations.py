@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import tiny_cnn
 from PIL import Image
 
 from patchfinder import activations as activations_mod
@@ -25,6 +24,8 @@ from patchfinder.data import LoadSummary, find_images, load_images
 from patchfinder.labels import ClassList, ImageClass
 from patchfinder.model import KerasClassifier, UnknownLayerError
 from patchfinder.types import ClassPair
+
+from conftest import tiny_cnn
 
 SIZE = 32
 CLASSES = ClassList([ImageClass(i, "", f"class{i}") for i in range(10)])

@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import tiny_cnn
 from patchfinder import __version__
 from patchfinder.cli import app
+
+from conftest import tiny_cnn
 
 runner = CliRunner()
 
@@ -104,3 +105,71 @@ def test_default_model_reaches_85_percent_on_imagenet_samples(data_root, tmp_pat
     assert len(table) == 1000 and (table["label"] != "").all()
     top1 = (table["top1"] == table["label"]).mean()
     assert top1 >= 0.85, f"top-1 {top1:.3f}"
+
+
+def test_atlas_writes_every_output(tiny_model_and_photos, tmp_path, monkeypatch):
+    model_path, labels, photos = tiny_model_and_photos
+    monkeypatch.setenv("PATCHFINDER_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "atlas"
+    args = [
+        "atlas",
+        "--images",
+        str(photos / "photo0.png"),
+        str(photos / "photo1.png"),
+        str(photos),
+        "--pair",
+        "thing1:thing2",
+        "--out",
+        str(out),
+        "--model",
+        str(model_path),
+        "--labels",
+        str(labels),
+        "--preprocess",
+        "unit",
+        "--layer",
+        "conv2",
+        "--samples-per-image",
+        "6",
+        "--grid",
+        "4",
+        "--min-count",
+        "1",
+    ]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    for name in ("cells.csv", "activations.npz", "atlas.npz", "atlas.png", "pair_atlas.png",
+                 "atlas.html", "provenance.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    cells = pd.read_csv(out / "cells.csv")
+    for column in ("cell_x", "cell_y", "count", "attribution", "top_classes"):
+        assert column in cells.columns
+    # photo0 and photo1 are given twice (alone and in the folder): 7 images, 6 vectors each.
+    assert cells["count"].sum() == 7 * 6
+    assert list(cells["attribution"]) == sorted(cells["attribution"], reverse=True)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--pair", "thing1:nothing"], "Unknown class 'nothing'"),
+        (["--pair", "thing1"], "SRC:DST"),
+        (["--layer", "conv9"], "Available layers: conv1, conv2, conv3"),
+    ],
+)
+def test_atlas_usage_errors(tiny_model_and_photos, tmp_path, args, message):
+    model_path, labels, photos = tiny_model_and_photos
+    common = ["atlas", "--images", str(photos), "--out", str(tmp_path / "a"), "--model",
+              str(model_path), "--labels", str(labels), "--pair", "thing1:thing2"]  # fmt: skip
+    result = run(*common, *args)
+    assert result.exit_code == 2
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_atlas_with_an_empty_pool_is_a_clear_error(tiny_model_and_photos, tmp_path):
+    model_path, labels, _ = tiny_model_and_photos
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run("atlas", "--images", str(empty), "--pair", "thing1:thing2", "--model",
+                 str(model_path), "--labels", str(labels))  # fmt: skip
+    assert result.exit_code == 2 and "empty" in result.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_cnn
 
 from patchfinder import model as model_mod
 from patchfinder.labels import ClassList, ImageClass, imagenet, lucid_to_imagenet
@@ -18,6 +17,8 @@ from patchfinder.model import (
     WeightsUnavailableError,
     load_model,
 )
+
+from conftest import tiny_cnn
 
 
 def ten_classes() -> ClassList:

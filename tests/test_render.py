@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from patchfinder.atlas import Atlas
 from PIL import Image
 
 from patchfinder import render
+from patchfinder.atlas import Atlas
 from patchfinder.labels import ClassList, ImageClass
 from patchfinder.types import ActivationSamples, Cell, ClassPair
 
