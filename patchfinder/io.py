@@ -54,6 +54,10 @@ def atomic_write(path: str | Path, *, suffix: str | None = None) -> Iterator[Pat
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates the file private (0600); results are meant to be shared and read.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
     finally:
         if tmp.exists():
