@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -220,22 +220,27 @@ def classify(
         err.print(f"top-1 accuracy on labelled images: {accuracy}", highlight=False)
 
 
-# --- atlas ----------------------------------------------------------------------------------
+# --- atlas, propose, evaluate, discover --------------------------------------------------
 
-#: Options that take several paths (`--images a b c`): click options take one value each, so
-#: the extra values arrive as extra arguments and are appended to the option's list.
-MULTI_PATHS = {"allow_extra_args": True}
+#: Options that take several values (`--images a b c`). Click options take one value each, so
+#: `expand_multi_values` rewrites the command line into `--images a --images b ...` first.
+MULTI_VALUE_OPTIONS = ("--images", "--pool", "--patches")
 
 
-def _paths(values: list[Path] | None, ctx: typer.Context, option: str) -> list[Path]:
-    extra = [Path(arg) for arg in ctx.args]
-    unknown = [str(arg) for arg in extra if str(arg).startswith("-")]
-    if unknown:
-        raise typer.BadParameter(f"unknown option(s) {unknown}", param_hint=option)
-    paths = list(values or []) + extra
-    if not paths:
-        raise typer.BadParameter("give at least one image file or folder", param_hint=option)
-    return paths
+def expand_multi_values(args: Sequence[str]) -> list[str]:
+    """`[--images, a, b, --pair, x]` -> `[--images, a, --images, b, --pair, x]`."""
+    expanded: list[str] = []
+    current: str | None = None
+    for arg in args:
+        if arg in MULTI_VALUE_OPTIONS:
+            current = arg
+            continue
+        if arg.startswith("-"):
+            current = None
+        elif current is not None:
+            expanded.append(current)
+        expanded.append(arg)
+    return expanded
 
 
 @contextmanager
@@ -258,12 +263,12 @@ def _stages(total_images: int) -> Iterator[Callable[[str, int, int], None]]:
         yield report
 
 
-@app.command(context_settings=MULTI_PATHS)
+ImagesOption = Annotated[list[Path], typer.Option("--images", help="Image files or folders.")]
+
+
+@app.command()
 def atlas(
-    ctx: typer.Context,
-    images: Annotated[
-        list[Path] | None, typer.Option("--images", help="Pool images: files or folders.")
-    ] = None,
+    images: ImagesOption,
     pair: Annotated[str, typer.Option(help="SRC:DST class names, e.g. snorkel:scuba_diver.")] = "",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("atlas"),
     model: ModelOption = "efficientnet-lite0",
@@ -286,7 +291,7 @@ def atlas(
     from patchfinder.render import write_atlas
     from patchfinder.types import ClassPair
 
-    paths = _paths(images, ctx, "--images")
+    paths = images
     with _user_errors():
         if not pair:
             raise ValueError("--pair SRC:DST is required, e.g. --pair snorkel:scuba_diver")
@@ -355,5 +360,250 @@ def atlas(
         err.print(f"[yellow]{len(summary.skipped)} files skipped (could not be decoded)[/]")
 
 
+SizesOption = Annotated[
+    str, typer.Option(help="Patch sides as fractions of the image side, comma-separated.")
+]
+PlacementsOption = Annotated[
+    str,
+    typer.Option(help="Where patches go: corners, centre, grid:N, random:N, corners@0,90, a+b."),
+]
+SeedOption = Annotated[int, typer.Option(help="Seed for every random choice of the run.")]
+
+
+def _sizes(text: str) -> tuple[float, ...]:
+    try:
+        sizes = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--sizes takes fractions like 0.2,0.3; Received: {text!r}") from None
+    if not sizes or any(not 0 < size <= 1 for size in sizes):
+        raise ValueError(f"--sizes must be fractions in (0, 1]; Received: {text!r}")
+    return sizes
+
+
+def _load(model: str, weights: Path | None, labels: Path | None, preprocess: str | None):
+    from patchfinder.model import load_model
+
+    return load_model(
+        model,
+        weights=None if weights is None else str(weights),
+        labels=labels,
+        preprocess=preprocess,
+    )
+
+
+def _print_summary(table, title: str) -> None:
+    from patchfinder.report import kind_overview
+
+    overview = kind_overview(table.summary())
+    shown = Table(title=title)
+    for column in overview.columns:
+        shown.add_column(str(column), overflow="fold")
+    for row in overview.itertuples(index=False):
+        shown.add_row(*(str(value) for value in row))
+    console.print(shown)
+
+
+@app.command()
+def propose(
+    atlas_dir: Annotated[Path, typer.Option("--atlas", help="A folder written by `atlas`.")],
+    out: Annotated[Path, typer.Option(help="Output folder for the patches.")] = Path("proposals"),
+    top_k: Annotated[int, typer.Option(min=1, help="How many proposals to keep.")] = 10,
+    images: Annotated[
+        list[Path] | None,
+        typer.Option("--images", help="src photos to screen the proposals on (optional)."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Default: the atlas's model.")
+    ] = None,
+    weights: WeightsOption = None,
+    sizes: SizesOption = "0.2,0.3,0.4,0.5",
+    placements: PlacementsOption = "corners",
+    seed: SeedOption = 0,
+) -> None:
+    """Propose natural patches from an atlas: PNGs and proposals.csv with their provenance."""
+    from patchfinder.activations import load_samples
+    from patchfinder.atlas import load_atlas
+    from patchfinder.data import find_images
+    from patchfinder.discover import propose as run_propose
+    from patchfinder.evaluate import eligible
+    from patchfinder.paste import parse_placements
+    from patchfinder.proposals import write_proposals
+
+    with _user_errors():
+        recorded = atlas_dir / "provenance.json"
+        name = model or (json.loads(recorded.read_text())["model"] if recorded.is_file() else None)
+        classifier = _load(name or "efficientnet-lite0", weights, None, None)
+        samples = load_samples(atlas_dir / "activations.npz")
+        result = load_atlas(atlas_dir / "atlas.npz", classifier.classes)
+        screening = None
+        if images:
+            screening = eligible(
+                classifier, find_images(images).filter([result.pair.src]), result.pair
+            )
+        with _stages(0) as report:
+            proposals = run_propose(
+                classifier, result, samples, screening, result.pair, top_k=top_k,
+                sizes=_sizes(sizes), placement=parse_placements(placements), seed=seed,
+                progress=report,
+            )  # fmt: skip
+        write_proposals(proposals, out)
+    shown = Table(title=f"proposals for {result.pair}")
+    for column in ("patch", "from", "cell", "attribution", "screened"):
+        shown.add_column(column, overflow="fold")
+    for p in proposals:
+        screened = f"{p.screening_rate:.0%} of {p.screening_n}" if p.screening_n else "-"
+        source = f"{Path(p.source_file).name} ({p.source_class or '?'})"
+        shown.add_row(
+            p.patch.name, source, f"{p.cell[0]},{p.cell[1]}", f"{p.attribution:+.3g}", screened
+        )
+    console.print(shown)
+    err.print(f"wrote {len(proposals)} proposals to {out}", highlight=False)
+
+
+@app.command()
+def evaluate(
+    images: ImagesOption,
+    patches: Annotated[list[Path], typer.Option("--patches", help="Patch files or folders.")],
+    pair: Annotated[str, typer.Option(help="SRC:DST, e.g. snorkel:scuba_diver.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("evaluation"),
+    model: ModelOption = "efficientnet-lite0",
+    weights: WeightsOption = None,
+    labels: LabelsOption = None,
+    preprocess: PreprocessOption = None,
+    sizes: SizesOption = "0.2,0.3,0.4,0.5",
+    placements: PlacementsOption = "corners",
+    noise: Annotated[
+        bool, typer.Option(help="Evaluate a uniform-noise control beside them.")
+    ] = True,
+    seed: SeedOption = 0,
+) -> None:
+    """Flip rates of given patches on the src photos the model gets right, with intervals."""
+    import time
+
+    import numpy as np
+
+    from patchfinder.data import find_images
+    from patchfinder.discover import measure
+    from patchfinder.paste import parse_placements
+    from patchfinder.proposals import noise_patch, read_patches
+    from patchfinder.report import best_of_each_kind, evaluation_notes, example_grid, write_report
+    from patchfinder.types import ClassPair
+
+    with _user_errors():
+        classifier = _load(model, weights, labels, preprocess)
+        class_pair = ClassPair.parse(pair, classifier.classes)
+        placement, chosen_sizes = parse_placements(placements), _sizes(sizes)
+        given = read_patches(patches)
+        if noise:
+            rng = np.random.default_rng(seed)
+            given.append(noise_patch(classifier.input_size // 4, rng=rng))
+        start = time.perf_counter()
+        with _stages(0) as report:
+            evaluation, table = measure(
+                classifier, find_images(images, classes=classifier.classes), class_pair, given,
+                sizes=chosen_sizes, placement=placement, seed=seed, progress=report,
+            )  # fmt: skip
+        if len(evaluation) == 0:
+            raise ValueError(
+                f"None of the images is a {class_pair.src.name} photo that {classifier.name} "
+                f"classifies as {class_pair.src.name}: nothing to evaluate"
+            )
+        title = f"{class_pair.src.name} -> {class_pair.dst.name} on {classifier.name}"
+        examples = example_grid(
+            classifier, evaluation, best_of_each_kind(table.summary(), given), class_pair,
+            size=max(chosen_sizes), placement=placement, seed=seed,
+        )  # fmt: skip
+        details = {
+            "command": "evaluate", "model": classifier.name, "weights": classifier.weights_id,
+            "pair": str(class_pair), "images": [str(p) for p in images],
+            "patches": [str(p) for p in patches], "sizes": list(chosen_sizes),
+            "placements": str(placement), "seed": seed, "n": len(evaluation),
+            "n_candidates": evaluation.n_candidates,
+            "seconds": round(time.perf_counter() - start, 1),
+        }  # fmt: skip
+        write_report(
+            out, table, title=title, examples=examples, details=details,
+            notes=evaluation_notes(classifier, class_pair, evaluation, screening=None),
+        )  # fmt: skip
+    _print_summary(table, title)
+    err.print(f"wrote flips.csv, summary.csv, summary.md, report.html to {out}", highlight=False)
+
+
+@app.command()
+def discover(
+    pool: Annotated[list[Path], typer.Option("--pool", help="Images to build the atlas from.")],
+    images: Annotated[
+        list[Path], typer.Option("--images", help="Photos of the src class (others ignored).")
+    ],
+    pair: Annotated[str, typer.Option(help="SRC:DST, e.g. snorkel:scuba_diver.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("discovery"),
+    model: ModelOption = "efficientnet-lite0",
+    weights: WeightsOption = None,
+    labels: LabelsOption = None,
+    preprocess: PreprocessOption = None,
+    layer: Annotated[str | None, typer.Option(help="Atlas layer (default: the model's).")] = None,
+    patches: Annotated[
+        list[Path] | None,
+        typer.Option("--patches", help="Given patches to evaluate beside the discovered ones."),
+    ] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="Discovered patches to keep.")] = 10,
+    samples_per_image: Annotated[int, typer.Option(min=1)] = 16,
+    grid: Annotated[int, typer.Option(min=2)] = 20,
+    sizes: SizesOption = "0.2,0.3,0.4,0.5",
+    placements: PlacementsOption = "corners",
+    random_crops: Annotated[int, typer.Option(min=0, help="Random-crop controls.")] = 5,
+    optimize_steps: Annotated[
+        int, typer.Option(min=0, help="Steps of the optimised-patch control (0: none).")
+    ] = 100,
+    seed: SeedOption = 0,
+) -> None:
+    """Atlas, proposals and evaluation in one run, with controls and a disjoint split."""
+    import time
+
+    from patchfinder.data import find_images
+    from patchfinder.discover import discover as run_discover
+    from patchfinder.paste import parse_placements
+    from patchfinder.proposals import read_patches
+    from patchfinder.report import write_discovery
+    from patchfinder.types import ClassPair
+
+    with _user_errors():
+        classifier = _load(model, weights, labels, preprocess)
+        class_pair = ClassPair.parse(pair, classifier.classes)
+        placement, chosen_sizes = parse_placements(placements), _sizes(sizes)
+        given = read_patches(patches) if patches else []
+        start = time.perf_counter()
+        with _stages(0) as report:
+            result = run_discover(
+                classifier, find_images(pool, classes=classifier.classes),
+                find_images(images, classes=classifier.classes), class_pair, given=given,
+                layer=layer, samples_per_image=samples_per_image, grid=grid, top_k=top_k,
+                sizes=chosen_sizes, placement=placement, random_count=random_crops,
+                optimize_steps=optimize_steps, seed=seed, progress=report,
+            )  # fmt: skip
+            details = {
+                "command": "discover", "model": classifier.name,
+                "weights": classifier.weights_id, "layer": result.atlas.layer,
+                "pair": str(class_pair), "pool": [str(p) for p in pool],
+                "images": [str(p) for p in images],
+                "patches": [str(p) for p in patches or []], "sizes": list(chosen_sizes),
+                "placements": str(placement), "top_k": top_k, "seed": seed,
+                "samples_per_image": samples_per_image, "grid": grid,
+                "random_crops": random_crops, "optimize_steps": optimize_steps,
+                "n_evaluation": len(result.evaluation), "n_screening": len(result.screening),
+                "split": result.split.to_dict(),
+                "seconds": round(time.perf_counter() - start, 1),
+            }  # fmt: skip
+            write_discovery(out, result, classifier, details=details, placement=placement)
+    title = f"{class_pair.src.name} -> {class_pair.dst.name} on {classifier.name}"
+    _print_summary(result.table, title)
+    err.print(f"wrote the atlas, proposals and report to {out}", highlight=False)
+
+
+def run() -> None:
+    """The console-script entry point."""
+    app(args=expand_multi_values(sys.argv[1:]), prog_name="patchfinder")
+
+
 if __name__ == "__main__":
-    app()
+    run()

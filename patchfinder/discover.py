@@ -1,18 +1,58 @@
 """The top-level recipes: each reads as one call per stage.
 
-samples, atlas = pair_atlas(model, pool, pair)      # activations -> atlas
+samples, atlas = pair_atlas(model, pool, pair)                       # activations, atlas
+proposals = propose(model, atlas, samples, screening, pair)          # crops, screened
+result = discover(model, pool, images, pair)                         # all of it, measured
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from patchfinder.activations import collect
 from patchfinder.atlas import Atlas, build_atlas
 from patchfinder.data import ImageSet, LoadSummary
+from patchfinder.evaluate import (
+    EligibleImages,
+    FlipTable,
+    Split,
+    eligible,
+    evaluate_patches,
+    split_images,
+)
 from patchfinder.model import Classifier
-from patchfinder.types import ActivationSamples, ClassPair
+from patchfinder.paste import DEFAULT_SIZES, Corners, Placement
+from patchfinder.proposals import (
+    candidate_crops,
+    deduplicate,
+    noise_patch,
+    optimize_patch,
+    random_crops,
+    screen,
+)
+from patchfinder.types import ActivationSamples, ClassPair, Patch, Proposal
+
+#: progress(stage, done, total): one bar per stage in the CLI.
+Progress = Callable[[str, int, int], None]
+
+
+def _stage(progress: Progress | None, stage: str, total: int) -> Callable[[int], None]:
+    """A `progress(k)` callback for one stage, counting up to `total`."""
+    done = 0
+
+    def advance(k: int) -> None:
+        nonlocal done
+        done += k
+        if progress is not None:
+            progress(stage, done, total)
+
+    if progress is not None:
+        progress(stage, 0, total)
+    return advance
 
 
 def pair_atlas(
@@ -26,23 +66,14 @@ def pair_atlas(
     min_count: int = 3,
     seed: int = 0,
     cache: Path | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
     summary: LoadSummary | None = None,
 ) -> tuple[ActivationSamples, Atlas]:
     """Sample attributed activations over `pool` and lay them out as a class-pair atlas.
 
-    `progress(stage, done, total)` reports each stage (`activations`, then `layout`). The
-    activations are cached (see `activations.collect`): a rerun with the same model, layer,
-    pool, K and seed skips straight to the layout, and a killed run resumes.
+    The activations are cached (see `activations.collect`): a rerun with the same model,
+    layer, pool, K and seed skips straight to the layout, and a killed run resumes.
     """
-    report = progress or (lambda stage, done, total: None)
-    done = 0
-
-    def advance(k: int) -> None:
-        nonlocal done
-        done += k
-        report("activations", done, len(pool))
-
     samples = collect(
         model,
         pool,
@@ -51,10 +82,251 @@ def pair_atlas(
         samples_per_image=samples_per_image,
         seed=seed,
         cache=cache,
-        progress=advance,
+        progress=_stage(progress, "activations", len(pool)),
         summary=summary,
     )
-    report("layout", 0, 1)
+    done = _stage(progress, "layout", 1)
     atlas = build_atlas(samples, pair, n=grid, min_count=min_count, seed=seed)
-    report("layout", 1, 1)
+    done(1)
     return samples, atlas
+
+
+def propose(
+    model: Classifier,
+    atlas: Atlas,
+    samples: ActivationSamples,
+    screening: EligibleImages | None,
+    pair: ClassPair,
+    *,
+    top_k: int = 10,
+    sizes: Sequence[float] = DEFAULT_SIZES,
+    placement: Placement = Corners(),  # noqa: B008 (a frozen value)
+    max_screening: int = 64,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> list[Proposal]:
+    """Natural crops from the cells that most favour dst, near-duplicates dropped, screened on
+    `screening` (src images the model gets right) and cut to the `top_k` that flip most.
+
+    Crops from src or dst images are used only where a cell has nothing else: the point is
+    to find *other* classes' features that push src toward dst. Without screening images the
+    `top_k` highest-attribution crops are returned unscreened. Screening uses at most
+    `max_screening` images: it ranks candidates, so it needs fewer images than evaluation.
+    """
+    crops = deduplicate(
+        candidate_crops(
+            atlas, samples, exclude_classes=[pair.src.index, pair.dst.index], classes=model.classes
+        )
+    )
+    if screening is None or len(screening) == 0:
+        return sorted(crops, key=lambda p: -p.attribution)[:top_k]
+    screening = _subset(screening, max_screening, seed)
+    settings = len(sizes) * len(
+        placement.layout(model.input_size, sizes, np.random.default_rng(seed))[0]
+    )
+    return screen(
+        model,
+        crops,
+        screening,
+        pair,
+        top_k=top_k,
+        sizes=sizes,
+        placement=placement,
+        seed=seed,
+        progress=_stage(progress, "screening", len(crops) * settings * len(screening)),
+    )
+
+
+def _subset(images: EligibleImages, count: int, seed: int) -> EligibleImages:
+    """`count` of the eligible images, drawn without replacement with `seed` (all if fewer)."""
+    if len(images) <= count:
+        return images
+    chosen = np.sort(np.random.default_rng(seed).choice(len(images), count, replace=False))
+    return EligibleImages(
+        images=images.images[chosen],
+        records=[images.records[i] for i in chosen],
+        clean_probs_dst=images.clean_probs_dst[chosen],
+        n_candidates=images.n_candidates,
+        skipped=images.skipped,
+    )
+
+
+def controls(
+    model: Classifier,
+    pool: ImageSet,
+    screening: EligibleImages,
+    pair: ClassPair,
+    *,
+    random_count: int = 5,
+    optimize_steps: int = 100,
+    sizes: Sequence[float] = DEFAULT_SIZES,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> list[Patch]:
+    """The patches every discovery is measured against: uniform noise (chance), random
+    natural crops of the same pool (is the atlas needed?) and a gradient-optimised patch
+    trained on the screening images (Brown et al. 2017: what an attacker could reach)."""
+    rng = np.random.default_rng(seed)
+    side = model.input_size // 4
+    patches = [
+        noise_patch(side, rng=rng),
+        *random_crops(pool, count=random_count, size=model.input_size, rng=rng),
+    ]
+    if optimize_steps > 0 and len(screening):
+        patches.append(
+            optimize_patch(
+                model,
+                screening,
+                pair,
+                steps=optimize_steps,
+                sizes=sizes,
+                seed=seed,
+                progress=_stage(progress, "optimizing", optimize_steps),
+            )
+        )
+    return patches
+
+
+@dataclass
+class Discovery:
+    """Everything one `discover` run produced, for the report and for provenance.
+
+    Attributes:
+        samples, atlas: the class-pair atlas the proposals came from.
+        split: which src images screened the proposals and which evaluated them (disjoint).
+        screening, evaluation: the eligible images of each part (n = len(evaluation)).
+        proposals: the discovered patches with their provenance, best screened first.
+        patches: every patch evaluated (given, discovered, controls), in table order.
+        table: the flip outcomes on the evaluation images.
+    """
+
+    samples: ActivationSamples
+    atlas: Atlas
+    split: Split
+    screening: EligibleImages
+    evaluation: EligibleImages
+    proposals: list[Proposal]
+    patches: list[Patch]
+    table: FlipTable
+
+
+def discover(
+    model: Classifier,
+    pool: ImageSet,
+    images: ImageSet,
+    pair: ClassPair,
+    *,
+    given: Sequence[Patch] = (),
+    layer: str | None = None,
+    samples_per_image: int = 16,
+    grid: int = 20,
+    top_k: int = 10,
+    sizes: Sequence[float] = DEFAULT_SIZES,
+    placement: Placement = Corners(),  # noqa: B008 (a frozen value)
+    screening_fraction: float = 0.5,
+    random_count: int = 5,
+    optimize_steps: int = 100,
+    seed: int = 0,
+    cache: Path | None = None,
+    progress: Progress | None = None,
+) -> Discovery:
+    """Atlas, proposals, controls and evaluation for one class pair, without a human.
+
+    `images` supplies the src photos (others are ignored); they are split, seeded, into a
+    screening part that picks the proposals (and trains the optimised patch) and an
+    evaluation part on which every patch, `given` ones included, is measured.
+    """
+    samples, atlas = pair_atlas(
+        model,
+        pool,
+        pair,
+        layer=layer,
+        samples_per_image=samples_per_image,
+        grid=grid,
+        seed=seed,
+        cache=cache,
+        progress=progress,
+    )
+    split = split_images(
+        images.filter([pair.src]), screening_fraction=screening_fraction, seed=seed
+    )
+    screening, evaluation = (
+        eligible(model, split.screening, pair),
+        eligible(model, split.evaluation, pair),
+    )
+    proposals = propose(
+        model,
+        atlas,
+        samples,
+        screening,
+        pair,
+        top_k=top_k,
+        sizes=sizes,
+        placement=placement,
+        seed=seed,
+        progress=progress,
+    )
+    baselines = controls(
+        model,
+        pool,
+        screening,
+        pair,
+        random_count=random_count,
+        optimize_steps=optimize_steps,
+        sizes=sizes,
+        seed=seed,
+        progress=progress,
+    )
+    patches = [*given, *(p.patch for p in proposals), *baselines]
+    pasted = _pasted_count(model, evaluation, patches, sizes, placement, seed)
+    table = evaluate_patches(
+        model,
+        evaluation,
+        patches,
+        pair,
+        sizes=sizes,
+        placement=placement,
+        seed=seed,
+        progress=_stage(progress, "evaluating", pasted),
+    )
+    return Discovery(samples, atlas, split, screening, evaluation, proposals, patches, table)
+
+
+def _pasted_count(
+    model: Classifier,
+    images: EligibleImages,
+    patches: Sequence[Patch],
+    sizes: Sequence[float],
+    placement: Placement,
+    seed: int,
+) -> int:
+    positions = placement.layout(model.input_size, sizes, np.random.default_rng(seed))[0]
+    return len(images) * len(patches) * len(sizes) * len(positions)
+
+
+def measure(
+    model: Classifier,
+    images: ImageSet,
+    pair: ClassPair,
+    patches: Sequence[Patch],
+    *,
+    sizes: Sequence[float] = DEFAULT_SIZES,
+    placement: Placement = Corners(),  # noqa: B008 (a frozen value)
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> tuple[EligibleImages, FlipTable]:
+    """Flip rates of given patches on the src images of `images` that the model gets right
+    (no discovery, no split): what `patchfinder evaluate` and an audit run."""
+    evaluation = eligible(model, images.filter([pair.src]), pair)
+    pasted = _pasted_count(model, evaluation, patches, sizes, placement, seed)
+    table = evaluate_patches(
+        model,
+        evaluation,
+        patches,
+        pair,
+        sizes=sizes,
+        placement=placement,
+        seed=seed,
+        progress=_stage(progress, "evaluating", pasted),
+    )
+    return evaluation, table

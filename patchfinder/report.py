@@ -276,3 +276,76 @@ def write_report(
     if details is not None:
         written["provenance"] = write_json(folder / "provenance.json", provenance(**details))
     return written
+
+
+def best_of_each_kind(summary: pd.DataFrame, patches: Sequence[Patch]) -> list[Patch]:
+    """The patch with the highest best rate of each kind, for the examples figure."""
+    by_name = {patch.name: patch for patch in patches}
+    ordered = summary.sort_values(["best_rate", "fixed_rate"], ascending=False)
+    return [by_name[row.patch] for row in ordered.drop_duplicates("kind").itertuples()]
+
+
+def evaluation_notes(
+    model: Classifier, pair: ClassPair, evaluation: EligibleImages, *, screening: int | None
+) -> list[str]:
+    """The facts a reader needs beside the rates: model, pair, n and how it was chosen."""
+    notes = [
+        f"Model {model.name}; {pair.src.name} -> {pair.dst.name}.",
+        f"n = {len(evaluation)} evaluation images: the {pair.src.name} photos the model "
+        f"classifies as {pair.src.name} before patching, of {evaluation.n_candidates} "
+        "that decoded.",
+    ]
+    if screening is not None:
+        notes.append(
+            f"Proposals were screened (and the optimised patch trained) on {screening} other "
+            f"{pair.src.name} images, disjoint from the evaluation images."
+        )
+    if len(evaluation) < 30:
+        notes.append(
+            f"Small n ({len(evaluation)}): the intervals are wide; read the rates as rough."
+        )
+    return notes
+
+
+def write_discovery(
+    folder: str | Path,
+    discovery,
+    model: Classifier,
+    *,
+    details: Mapping[str, object],
+    placement: Placement,
+) -> dict[str, Path]:
+    """Write a `discover` run: the atlas (`atlas/`), every evaluated patch with provenance
+    (`proposals/`: PNGs and proposals.csv), the flip tables and report, the split and
+    provenance. `discovery` is a `discover.Discovery`; examples use `placement`'s first
+    position at the largest size."""
+    from patchfinder.proposals import write_proposals
+    from patchfinder.render import write_atlas
+
+    folder = Path(folder)
+    pair = discovery.atlas.pair
+    written = write_atlas(
+        folder / "atlas", discovery.samples, discovery.atlas, model.classes, details=details
+    )
+    discovered = {p.patch.name for p in discovery.proposals}
+    others = [patch for patch in discovery.patches if patch.name not in discovered]
+    written["proposals"] = write_proposals([*discovery.proposals, *others], folder / "proposals")
+    summary = discovery.table.summary()
+    examples = example_grid(
+        model,
+        discovery.evaluation,
+        best_of_each_kind(summary, discovery.patches),
+        pair,
+        size=max(discovery.table.sizes),
+        placement=placement,
+        seed=int(details.get("seed", 0)),
+    )
+    title = f"{pair.src.name} -> {pair.dst.name} on {model.name}"
+    notes = evaluation_notes(model, pair, discovery.evaluation, screening=len(discovery.screening))
+    written.update(
+        write_report(
+            folder, discovery.table, title=title, notes=notes, examples=examples, details=details
+        )
+    )
+    written["split"] = write_json(folder / "split.json", discovery.split.to_dict())
+    return written

@@ -49,3 +49,12 @@ def tiny_cnn(num_classes: int = 10, size: int = 32, *, softmax: bool = False, se
         num_classes, activation="softmax" if softmax else None, name="logits"
     )(x)
     return keras.Model(inputs, outputs, name="tiny")
+
+
+def run_cli(*args: str):
+    """Run the command line as the console script does (multi-value options expanded)."""
+    from typer.testing import CliRunner
+
+    from patchfinder.cli import app, expand_multi_values
+
+    return CliRunner().invoke(app, expand_multi_values(args))

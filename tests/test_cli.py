@@ -8,18 +8,21 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from patchfinder import __version__
-from patchfinder.cli import app
+from patchfinder.cli import expand_multi_values
 
-from conftest import tiny_cnn
+from conftest import run_cli, tiny_cnn
 
-runner = CliRunner()
+run = run_cli
 
 
-def run(*args: str):
-    return runner.invoke(app, list(args))
+def test_multi_value_options_take_every_value_up_to_the_next_option():
+    args = ["atlas", "--images", "a", "b", "--pair", "x:y", "--patches", "p", "--seed", "1"]
+    assert expand_multi_values(args) == [
+        "atlas", "--images", "a", "--images", "b", "--pair", "x:y", "--patches", "p",
+        "--seed", "1",
+    ]  # fmt: skip
 
 
 @pytest.fixture

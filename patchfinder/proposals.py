@@ -1,0 +1,685 @@
+"""Proposals: from a class-pair atlas to natural patches worth pasting, and the controls.
+
+The article's observation (Carter et al., 2019): in a class-pair atlas the features that push
+src toward dst sit near *another* class's features, and natural crops of those flip the
+prediction when pasted onto src photos. The recipe, as the caller runs it:
+
+    crops = candidate_crops(atlas, samples, exclude_classes=[src, dst])  # unscreened
+    crops = deduplicate(crops)                                           # one per look
+    best = screen(model, crops, eligible_screening, pair, top_k=10, ...) # screening half only
+    controls = [noise_patch(side, rng=rng), *random_crops(pool, ...),
+                optimize_patch(model, eligible_screening, pair, ...)]    # what chance / an
+    write_proposals([*best, *controls], folder)                          # attacker would do
+
+Crops are cut from `load_image(file, size=S)`, the model-input view in which the samples'
+receptive-field boxes live, and are *not* resized: a crop of side L holds exactly those L x L
+model-input pixels, and pasting resizes it to each evaluated size.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import string
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from PIL import Image
+
+from patchfinder.atlas import Atlas, rank_cells
+from patchfinder.data import IMAGE_EXTENSIONS, ImageError, ImageSet, load_image
+from patchfinder.evaluate import EligibleImages, evaluate_patches
+from patchfinder.io import atomic_write
+from patchfinder.labels import ClassList
+from patchfinder.model import Classifier
+from patchfinder.paste import (
+    DEFAULT_SIZES,
+    Corners,
+    Placement,
+    Position,
+    composite,
+    patch_side,
+    place,
+    transforms,
+)
+from patchfinder.types import (
+    PATCH_KINDS,
+    ActivationSamples,
+    Cell,
+    ClassPair,
+    Patch,
+    Proposal,
+)
+
+logger = logging.getLogger("patchfinder.proposals")
+
+#: Side of the thumbnails `deduplicate` compares pixels on.
+THUMBNAIL_SIDE = 16
+#: File names `read_patches` takes a folder's kinds from (`file` column, optional `kind`).
+PATCH_MANIFESTS = ("patches.csv", "proposals.csv")
+#: Kind names other tools write, mapped to ours (the article's `patches.csv` says "published").
+KIND_ALIASES = {"published": "given", "": "given"}
+#: Columns of `proposals.csv`, in order.
+PROPOSAL_COLUMNS = (
+    "file", "patch", "kind", "source_file", "source_class", "x0", "y0", "x1", "y1",
+    "cell_x", "cell_y", "attribution", "screening_rate", "screening_n",
+)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- candidates
+
+
+def crop_boxes(
+    samples: ActivationSamples, indices: np.ndarray, *, context: float, min_side: int
+) -> np.ndarray:
+    """Square crops around the receptive fields of the samples at `indices`, with context.
+
+    A crop is centred on its vector's receptive-field centre, ((col + 0.5) S / w,
+    (row + 0.5) S / h) as `activations.boxes` places it, and has side
+    max(round(context * R), min_side), at most S, where R is the layer's receptive-field
+    side: the largest box extent in the samples, since boxes at the image edge are clipped.
+    A crop that would poke out of the image slides inside (it never shrinks), so it always
+    holds the receptive-field centre, and the whole (clipped) box when context >= 1. With
+    context 1 an interior crop *is* the receptive-field box.
+
+    Returns:
+        int64 (len(indices), 4) crops (x0, y0, x1, y1) in model-input pixels, inside [0, S].
+    """
+    size = samples.input_size
+    h, w = samples.grid
+    position = np.asarray(samples.position)[indices].reshape(-1, 2)  # (P, 2) (row, col)
+    centre = np.stack([(position[:, 1] + 0.5) * size / w, (position[:, 0] + 0.5) * size / h], 1)
+    extent = np.asarray(samples.box)[:, 2:] - np.asarray(samples.box)[:, :2]  # (N, 2)
+    field = int(extent.max()) if extent.size else size
+    side = int(np.clip(max(round(context * field), min_side), 1, size))
+    start = np.floor(centre - side / 2.0 + 0.5)  # as `activations.boxes` rounds
+    start = np.clip(start, 0, size - side)  # slide inside the image
+    return np.concatenate([start, start + side], axis=1).astype(np.int64)
+
+
+def _letters(rank: int) -> str:
+    """0 -> "a", 25 -> "z", 26 -> "aa": a short rank suffix for patch names."""
+    text = ""
+    rank += 1
+    while rank:
+        rank, digit = divmod(rank - 1, 26)
+        text = string.ascii_lowercase[digit] + text
+    return text
+
+
+def _pick_members(
+    cell: Cell,
+    samples: ActivationSamples,
+    excluded: np.ndarray,
+    *,
+    per_cell: int,
+    prefer_other_classes: bool,
+) -> np.ndarray:
+    """Up to `per_cell` of the cell's dst-favouring members, best first, one per image."""
+    members = np.asarray(cell.members, dtype=np.int64)
+    attribution = samples.pair_attribution[members]
+    members = members[attribution > 0]  # a member pushing toward src is no candidate
+    order = members[np.lexsort((members, -samples.pair_attribution[members]))]  # best first
+    if prefer_other_classes and np.any(~excluded[order]):
+        order = order[~excluded[order]]  # src/dst images only where a cell has nothing else
+    _, first = np.unique(samples.image[order], return_index=True)  # each image's best vector
+    return order[np.sort(first)][:per_cell]
+
+
+def candidate_crops(
+    atlas: Atlas,
+    samples: ActivationSamples,
+    *,
+    top_cells: int = 8,
+    per_cell: int = 6,
+    context: float = 2.0,
+    min_side: int = 48,
+    exclude_classes: Sequence[int] = (),
+    prefer_other_classes: bool = True,
+    classes: ClassList | None = None,
+) -> list[Proposal]:
+    """Natural crops around the vectors of the cells that most favour the pair's dst.
+
+    The `top_cells` cells with the highest positive mean attribution (`rank_cells`); in each,
+    the members with the highest positive pair attribution, at most one per image and
+    `per_cell` in all. A member's image is "other" when neither its label nor its prediction
+    is in `exclude_classes` (the caller passes [src, dst]): with `prefer_other_classes`, a
+    cell's src/dst images are used only when it has no other-class candidate, because the
+    article's point is that *another* class's features flip the prediction. Each crop is the
+    member's receptive field widened by `context` (see `crop_boxes`): the box alone is
+    a small texture, a pasteable patch needs the object around it.
+
+    Each source image is decoded once. An image that fails to decode is logged and skipped.
+
+    Args:
+        atlas: the class-pair atlas built from `samples`.
+        samples: its activation samples (files, boxes, labels, attributions).
+        top_cells: how many of the most dst-favouring cells to take crops from.
+        per_cell: the most crops per cell.
+        context: crop side over the receptive-field side (2.0: the box plus half a box of
+            surroundings on each side).
+        min_side: the smallest crop side in model-input pixels (capped at S).
+        exclude_classes: class indices whose images are not "other" (usually [src, dst]).
+        prefer_other_classes: use src/dst images only where a cell has no others.
+        classes: names for `source_class`; None: the pair's names for src and dst labels,
+            the class index as text for others, "" for unlabelled images.
+    Returns:
+        Unscreened proposals (kind "discovered", named `cell<x>-<y>-<rank letter>`), by cell
+        rank then attribution, best first; `screening_rate` is nan.
+    """
+    if len(atlas.xy) != len(samples):
+        raise ValueError(
+            f"samples must be the atlas's own ({len(atlas.xy)} vectors); "
+            f"Received: {len(samples)} samples"
+        )
+    for name, value in (("top_cells", top_cells), ("per_cell", per_cell), ("min_side", min_side)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1; Received: {name}={value}")
+    if not context > 0:
+        raise ValueError(f"context must be positive; Received: context={context}")
+    exclude = np.asarray(list(exclude_classes), dtype=np.int64)
+    excluded = np.isin(samples.label, exclude) | np.isin(samples.prediction, exclude)  # (N,)
+    cells = [cell for cell in rank_cells(atlas.cells) if cell.attribution > 0][:top_cells]
+    picks = [
+        (cell, rank, int(index))
+        for cell in cells
+        for rank, index in enumerate(
+            _pick_members(
+                cell,
+                samples,
+                excluded,
+                per_cell=per_cell,
+                prefer_other_classes=prefer_other_classes,
+            )
+        )
+    ]
+    if not picks:
+        return []
+    indices = np.asarray([index for _, _, index in picks])
+    crops = crop_boxes(samples, indices, context=context, min_side=min_side)  # (P, 4)
+    pixels: dict[int, np.ndarray] = {}  # pick -> crop; each image decoded once
+    images = samples.image[indices]
+    for image in np.unique(images):
+        path = samples.files[int(image)]
+        try:
+            view = load_image(path, size=samples.input_size)  # (S, S, 3): the boxes' frame
+        except ImageError as error:
+            logger.warning("Skipping crops from %s", error)
+            continue
+        for pick in np.flatnonzero(images == image):
+            x0, y0, x1, y1 = crops[pick]
+            pixels[int(pick)] = view[y0:y1, x0:x1].copy()
+    proposals = []
+    for pick, (cell, rank, index) in enumerate(picks):
+        if pick not in pixels:
+            continue
+        name = f"cell{cell.x:02d}-{cell.y:02d}-{_letters(rank)}"
+        proposals.append(
+            Proposal(
+                patch=Patch(name=name, kind="discovered", pixels=pixels[pick]),
+                source_file=samples.files[int(samples.image[index])],
+                source_class=_class_name(int(samples.label[index]), atlas, classes),
+                box=tuple(int(v) for v in crops[pick]),
+                cell=(cell.x, cell.y),
+                attribution=float(samples.pair_attribution[index]),
+            )
+        )
+    return proposals
+
+
+def _class_name(label: int, atlas: Atlas, classes: ClassList | None) -> str:
+    if label < 0:
+        return ""
+    if classes is not None:
+        return classes[label].name
+    for known in (atlas.pair.src, atlas.pair.dst):
+        if known.index == label:
+            return known.name
+    return str(label)
+
+
+# ----------------------------------------------------------------------------- deduplication
+
+
+def _thumbnails(patches: Iterable[Patch], side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    """(P, side*side*3) unit vectors: each patch box-averaged to side x side, mean removed.
+
+    Removing each thumbnail's mean (over pixels and channels) makes the comparison one of
+    structure and colour balance rather than of overall brightness: every photo is
+    positive everywhere, so raw cosines of natural images are all close to 1. A uniform
+    patch becomes the zero vector and is similar to nothing.
+    """
+    rows = []
+    for patch in patches:
+        h, w = patch.pixels.shape[:2]
+        k = -(-max(h, w) // side)  # samples per thumbnail pixel, so each averages >= 1 pixel
+        ys = np.arange(side * k) * h // (side * k)  # nearest rows of a (side*k)^2 grid
+        xs = np.arange(side * k) * w // (side * k)
+        grid = patch.pixels[ys][:, xs].astype(np.float64)  # (side*k, side*k, 3)
+        thumb = grid.reshape(side, k, side, k, 3).mean(axis=(1, 3)).ravel()  # box average
+        thumb -= thumb.mean()
+        norm = np.linalg.norm(thumb)
+        rows.append(thumb / norm if norm > 1e-6 else np.zeros_like(thumb))
+    return np.stack(rows) if rows else np.zeros((0, side * side * 3))
+
+
+def _box_iou(boxes: np.ndarray) -> np.ndarray:
+    """(P, 4) boxes -> (P, P) intersection over union."""
+    b = np.asarray(boxes, dtype=np.float64)
+    low = np.maximum(b[:, None, :2], b[None, :, :2])  # (P, P, 2)
+    high = np.minimum(b[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(high - low, 0, None), axis=-1)  # (P, P)
+    area = np.prod(b[:, 2:] - b[:, :2], axis=-1)  # (P,)
+    union = area[:, None] + area[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def deduplicate(
+    proposals: Sequence[Proposal], *, threshold: float = 0.9, iou: float = 0.5
+) -> list[Proposal]:
+    """Drop near-duplicate crops, keeping the one with the higher attribution.
+
+    Two proposals are duplicates when they come from the same file with box IoU > `iou`
+    (one region reached from two vectors or cells), or when their 16 x 16 thumbnails,
+    mean-removed, have cosine similarity > `threshold` (the same picture twice in the pool,
+    or near-identical crops). Greedy, highest attribution first (ties: earlier first).
+
+    Returns:
+        The kept proposals, in their input order.
+    """
+    if not proposals:
+        return []
+    thumbs = _thumbnails(p.patch for p in proposals)  # (P, 768)
+    similar = thumbs @ thumbs.T > threshold  # (P, P)
+    files = np.asarray([p.source_file for p in proposals])
+    overlapping = (files[:, None] == files[None, :]) & (
+        _box_iou(np.asarray([p.box for p in proposals])) > iou
+    )
+    duplicate = similar | overlapping  # (P, P)
+    attribution = np.asarray([p.attribution for p in proposals], dtype=np.float64)
+    kept: list[int] = []
+    for i in np.argsort(-attribution, kind="stable"):
+        if not duplicate[i, kept].any():
+            kept.append(int(i))
+    return [proposals[i] for i in sorted(kept)]
+
+
+# ----------------------------------------------------------------------------- screening
+
+
+def screen(
+    model: Classifier,
+    proposals: Sequence[Proposal],
+    eligible_screening: EligibleImages,
+    pair: ClassPair,
+    *,
+    top_k: int = 10,
+    sizes: Sequence[float] = DEFAULT_SIZES,
+    placement: Placement = Corners(),  # noqa: B008 (frozen, immutable value)
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> list[Proposal]:
+    """The `top_k` proposals that flip the most screening images, best first.
+
+    Every proposal is pasted at every size and position on the screening images
+    (`evaluate_patches`) and ranked by best rate (images flipped by at least one setting),
+    then fixed rate (the single best setting), then attribution, then input order: the same
+    inputs give the same ranking. Screening images must not be the evaluation images: the
+    chosen patches are then reported on images they were not chosen on.
+
+    Args:
+        model, pair: the classifier and the pair (a flip is top-1 == dst).
+        proposals: the candidates (unique names), e.g. from `deduplicate`.
+        eligible_screening: the screening images the model gets right (`eligible`).
+        top_k: how many to keep.
+        sizes, placement, seed, batch_size, progress: passed to `evaluate_patches`.
+    Returns:
+        Copies of the kept proposals with `screening_rate` (the best rate) and `screening_n`.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1; Received: top_k={top_k}")
+    if not proposals:
+        return []
+    table = evaluate_patches(
+        model,
+        eligible_screening,
+        [proposal.patch for proposal in proposals],
+        pair,
+        sizes=sizes,
+        placement=placement,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+    ).summary()  # one row per proposal, in order
+    best = np.nan_to_num(table["best_rate"].to_numpy(np.float64), nan=-1.0)  # n = 0: last
+    fixed = np.nan_to_num(table["fixed_rate"].to_numpy(np.float64), nan=-1.0)
+    attribution = np.asarray([p.attribution for p in proposals], dtype=np.float64)
+    order = np.lexsort((np.arange(len(proposals)), -attribution, -fixed, -best))[:top_k]
+    return [
+        dataclasses.replace(
+            proposals[i],
+            screening_rate=float(table["best_rate"].iloc[i]),
+            screening_n=int(table["n"].iloc[i]),
+        )
+        for i in order
+    ]
+
+
+# ----------------------------------------------------------------------------- controls
+
+
+def noise_patch(side: int, *, rng: np.random.Generator, name: str = "noise") -> Patch:
+    """A side x side patch of uniform noise in 0..255 (the article's `random.png` control)."""
+    if side < 1:
+        raise ValueError(f"side must be at least 1; Received: side={side}")
+    pixels = rng.uniform(0.0, 255.0, size=(side, side, 3)).astype(np.float32)
+    return Patch(name=name, kind="noise", pixels=pixels)
+
+
+def random_crops(
+    images: ImageSet | Sequence[str | Path],
+    *,
+    count: int,
+    size: int,
+    rng: np.random.Generator,
+    side_range: tuple[float, float] = (0.2, 0.5),
+    prefix: str = "random",
+) -> list[Patch]:
+    """Square crops at random places of random pool images: what chance alone does.
+
+    Like proposals they are cut from the S x S model-input view (`load_image(size=S)`),
+    unresized; sides are uniform in `side_range` x S, comparable to proposals. Every random
+    choice is drawn before any image is decoded, so the crops depend on `rng` alone; an
+    image that fails to decode is logged and its crops are skipped.
+
+    Args:
+        images: the pool (an ImageSet or image paths).
+        count: how many crops.
+        size: S, the model's input side.
+        rng: the only source of randomness.
+        side_range: (low, high) crop side as fractions of S.
+        prefix: names are `<prefix>-00`, `<prefix>-01`, ...
+    Returns:
+        Up to `count` patches of kind "random-crop".
+    Raises:
+        ValueError: no images, bad ranges, or none of the chosen images decodes.
+    """
+    paths = images.paths if isinstance(images, ImageSet) else [Path(p) for p in images]
+    low, high = side_range
+    if not paths:
+        raise ValueError("random_crops needs at least one image; Received: none")
+    if count < 1 or not 0 < low <= high <= 1:
+        raise ValueError(
+            f"Need count >= 1 and 0 < low <= high <= 1; Received: count={count}, "
+            f"side_range={side_range}"
+        )
+    which = rng.integers(len(paths), size=count)  # (count,)
+    sides = rng.integers(max(1, round(low * size)), max(1, round(high * size)) + 1, size=count)
+    corners = rng.integers(0, size - sides[:, None] + 1, size=(count, 2))  # (count, 2) x, y
+    crops: dict[int, np.ndarray] = {}
+    for image in np.unique(which):
+        try:
+            view = load_image(paths[int(image)], size=size)
+        except ImageError as error:
+            logger.warning("Skipping random crops from %s", error)
+            continue
+        for i in np.flatnonzero(which == image):
+            (x, y), side = corners[i], sides[i]
+            crops[int(i)] = view[y : y + side, x : x + side].copy()
+    if not crops:
+        raise ValueError(f"None of the {len(set(which.tolist()))} images chosen could be decoded")
+    return [
+        Patch(name=f"{prefix}-{i:02d}", kind="random-crop", pixels=crops[i]) for i in sorted(crops)
+    ]
+
+
+def optimize_patch(
+    model: Classifier,
+    eligible_screening: EligibleImages,
+    pair: ClassPair,
+    *,
+    side: int = 64,
+    steps: int = 200,
+    learning_rate: float = 0.1,
+    batch_size: int = 16,
+    sizes: Sequence[float] = DEFAULT_SIZES,
+    seed: int = 0,
+    name: str = "optimized",
+    progress: Callable[[int], None] | None = None,
+) -> Patch:
+    """An adversarial patch (Brown et al., 2017) for the pair: the upper bound for its size.
+
+    The patch is `255 * sigmoid(w)`, so it stays in 0..255 whatever w. Each step draws
+    `batch_size` screening images, one size from `sizes` and, per image, a position where
+    the patch lies wholly inside (expectation over transformations); pastes with
+    `paste.py`'s own ops (resize, `place`, `composite`: differentiable in the patch, and the
+    same pixels the evaluation pastes) and takes one Adam step on -mean log p(dst). Every
+    random choice comes from `np.random.default_rng(seed)`, so on CPU a seed gives the same
+    patch.
+
+    Args:
+        model: the classifier.
+        eligible_screening: the screening images the model gets right (never the evaluation
+            half: that would grade the patch on its own training images).
+        pair: the patch pushes toward `pair.dst`.
+        side: the patch's side in pixels (pasting resizes it to each size).
+        steps: Adam steps.
+        learning_rate: Adam's step size in w (sigmoid) space: each step moves each w by about
+            this much, and at w = 0 one unit of w is 64 grey levels.
+        batch_size: images per step (fewer if fewer are eligible).
+        sizes: patch sides as fractions of S; one is drawn per step.
+        seed: seeds the initial noise, the batches, sizes and positions.
+        name: the patch's name.
+        progress: called with 1 after each step.
+    Returns:
+        A patch of kind "optimized", float32 (side, side, 3).
+    """
+    images = np.asarray(eligible_screening.images, dtype=np.float32)  # (n, S, S, 3)
+    size = model.input_size
+    if len(images) == 0:
+        raise ValueError("optimize_patch needs eligible screening images; Received: none")
+    if side < 1 or steps < 0 or batch_size < 1:
+        raise ValueError(
+            f"Need side >= 1, steps >= 0, batch_size >= 1; Received: side={side}, "
+            f"steps={steps}, batch_size={batch_size}"
+        )
+    sides = [patch_side(fraction, size) for fraction in sizes]  # validates the fractions
+    if not sides:
+        raise ValueError("optimize_patch needs at least one size; Received: sizes=()")
+    dst = pair.dst.index
+
+    @tf.function(reduce_retracing=True)
+    def loss_and_gradient(w, x, moves, pasted_side):
+        # w (side, side, 3); x (B, S, S, 3); moves (B, 8) projective transforms
+        with tf.GradientTape() as tape:
+            tape.watch(w)
+            patch = 255.0 * tf.sigmoid(w)  # (side, side, 3) in 0..255
+            resized = tf.image.resize(patch, pasted_side, method="bilinear", antialias=True)
+            count = tf.shape(x)[0]
+            layers = place(resized[None], moves, tf.zeros([count], tf.int32), size)
+            pasted = composite(x, layers, tf.range(count), tf.range(count))  # (B, S, S, 3)
+            log_p = tf.nn.log_softmax(model.logits(pasted), axis=-1)[:, dst]  # (B,)
+            loss = -tf.reduce_mean(log_p)
+        return loss, tape.gradient(loss, w)
+
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(-2.0, 2.0, size=(side, side, 3)).astype(np.float32)  # pixels ~ 30..225
+    first, second = np.zeros_like(w), np.zeros_like(w)  # Adam's moment estimates
+    beta1, beta2, epsilon = 0.9, 0.999, 1e-8  # Adam's defaults (Kingma and Ba, 2015)
+    for step in range(1, steps + 1):
+        batch = np.sort(rng.choice(len(images), size=min(batch_size, len(images)), replace=False))
+        pasted_side = sides[rng.integers(len(sides))]
+        corners = rng.integers(0, size - pasted_side + 1, size=(len(batch), 2))  # (B, 2) x, y
+        moves = transforms(
+            [Position(str(k), int(x), int(y)) for k, (x, y) in enumerate(corners)], pasted_side
+        )
+        _, gradient = loss_and_gradient(
+            tf.constant(w),
+            tf.constant(images[batch]),
+            tf.constant(moves),
+            tf.constant([pasted_side, pasted_side]),
+        )
+        g = gradient.numpy()
+        first = beta1 * first + (1 - beta1) * g
+        second = beta2 * second + (1 - beta2) * g**2
+        mean, variance = first / (1 - beta1**step), second / (1 - beta2**step)  # unbiased
+        w = (w - learning_rate * mean / (np.sqrt(variance) + epsilon)).astype(np.float32)
+        if progress is not None:
+            progress(1)
+    pixels = (255.0 / (1.0 + np.exp(-w.astype(np.float64)))).astype(np.float32)
+    return Patch(name=name, kind="optimized", pixels=pixels)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _png(pixels: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), mode="RGB")
+
+
+def write_proposals(patches: Sequence[Proposal | Patch], folder: str | Path) -> Path:
+    """Write each patch as `<name>.png` (uint8 RGB) and their provenance as `proposals.csv`.
+
+    Proposals carry their provenance; plain patches (the controls) get empty provenance
+    columns. Every file is written atomically. `read_patches(folder)` reads them back with
+    their kinds (the csv's `file` and `kind` columns).
+
+    Columns: file, patch, kind, source_file, source_class, x0, y0, x1, y1 (the crop in the
+    source's model-input pixels), cell_x, cell_y, attribution, screening_rate, screening_n.
+
+    Returns:
+        The path of `proposals.csv`.
+    Raises:
+        ValueError: two patches share a name, or a name is not a plain file name.
+    """
+    folder = Path(folder)
+    items = [(item.patch, item) if isinstance(item, Proposal) else (item, None) for item in patches]
+    names = [patch.name for patch, _ in items]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"Patch names must be unique; Received repeated names: {repeated}")
+    unsafe = [name for name in names if not name or Path(name).name != name or name[0] == "."]
+    if unsafe:
+        raise ValueError(f"Patch names must be plain file names; Received: {unsafe}")
+    rows = []
+    for patch, proposal in items:
+        with atomic_write(folder / f"{patch.name}.png") as tmp:
+            _png(patch.pixels).save(tmp, format="PNG")
+        row = {"file": f"{patch.name}.png", "patch": patch.name, "kind": patch.kind}
+        if proposal is not None:
+            x0, y0, x1, y1 = proposal.box
+            row |= {
+                "source_file": proposal.source_file,
+                "source_class": proposal.source_class,
+                "x0": x0, "y0": y0, "x1": x1, "y1": y1,
+                "cell_x": proposal.cell[0], "cell_y": proposal.cell[1],
+                "attribution": proposal.attribution,
+                "screening_rate": proposal.screening_rate,
+                "screening_n": proposal.screening_n,
+            }  # fmt: skip
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=list(PROPOSAL_COLUMNS))
+    target = folder / "proposals.csv"
+    with atomic_write(target) as tmp:
+        table.to_csv(tmp, index=False)
+    return target
+
+
+def _manifest_kinds(folder: Path) -> dict[Path, str]:
+    """{image path: kind} from the first of `PATCH_MANIFESTS` in `folder` (none: {})."""
+    for manifest in PATCH_MANIFESTS:
+        path = folder / manifest
+        if path.is_file():
+            break
+    else:
+        return {}
+    kinds: dict[Path, str] = {}
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        header = [(h or "").strip().lower() for h in reader.fieldnames or []]
+        if "file" not in header:
+            raise ValueError(
+                f"{path} must have a `file` column (and optionally `kind`); "
+                f"Received columns: {reader.fieldnames}"
+            )
+        reader.fieldnames = header
+        for row in reader:
+            file = (row.get("file") or "").strip()
+            if not file:
+                continue
+            text = (row.get("kind") or "").strip().lower()
+            kind = KIND_ALIASES.get(text, text)
+            if kind not in PATCH_KINDS:
+                raise ValueError(
+                    f"{path}, line {reader.line_num}: kind must be one of {PATCH_KINDS} (or "
+                    f"{sorted(k for k in KIND_ALIASES if k)}); Received: {text!r}"
+                )
+            kinds[(folder / file).resolve()] = kind
+    return kinds
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def read_patches(paths: Sequence[str | Path]) -> list[Patch]:
+    """User-given patches: image files, or folders of them (not searched recursively).
+
+    A `patches.csv` (or a `proposals.csv` from `write_proposals`) beside the images may name
+    each file's kind: column `file` (relative to that folder) plus an optional `kind`;
+    "published" (the article's word) and empty mean "given", the default. Names are the
+    file stems. Pixels are `load_image` at the image's own resolution with no border crop:
+    upright, RGB, transparency on white, float32 0..255; a non-square image keeps its
+    centred square (pasting resizes patches to squares).
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: a file is not an image or cannot be decoded (naming it), a folder has no
+            images (naming it), a manifest is malformed, or two patches share a name.
+    """
+    files: list[Path] = []
+    for item in paths:
+        path = Path(item).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"Patch file or folder not found: {path}")
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and _is_image(p))
+            if not found:
+                raise ValueError(
+                    f"No patch images in {path} (extensions {sorted(IMAGE_EXTENSIONS)}, any case)"
+                )
+            files += found
+        elif _is_image(path):
+            files.append(path)
+        else:
+            raise ValueError(
+                f"{path} is not an image; expected one of {sorted(IMAGE_EXTENSIONS)} or a folder"
+            )
+    if not files:
+        raise ValueError("read_patches needs at least one image file or folder; Received: none")
+    manifests = {folder: _manifest_kinds(folder) for folder in {f.parent for f in files}}
+    patches, seen = [], {}
+    for file in files:
+        if file.stem in seen:
+            raise ValueError(
+                f"Patch names (file stems) must be unique; Received: {seen[file.stem]} and {file}"
+            )
+        seen[file.stem] = file
+        kind = manifests[file.parent].get(file.resolve(), "given")
+        patches.append(Patch(name=file.stem, kind=kind, pixels=_read_pixels(file)))
+    return patches
+
+
+def _read_pixels(path: Path) -> np.ndarray:
+    """The image's centred square at its own resolution, via `load_image` (ImageError names it)."""
+    try:
+        with Image.open(path) as img:
+            side = min(img.size)
+    except Exception as error:
+        raise ImageError(path, f"not a readable image ({type(error).__name__}: {error})") from None
+    return load_image(path, size=max(side, 1), crop_fraction=1.0)
