@@ -22,17 +22,17 @@ from patchfinder.evaluate import (
     Split,
     eligible,
     evaluate_patches,
+    screen,
     split_images,
 )
 from patchfinder.model import Classifier
+from patchfinder.optimize import optimize_patch
 from patchfinder.paste import DEFAULT_SIZES, Corners, Placement
 from patchfinder.proposals import (
     candidate_crops,
     deduplicate,
     noise_patch,
-    optimize_patch,
     random_crops,
-    screen,
 )
 from patchfinder.types import ActivationSamples, ClassPair, Patch, Proposal
 
@@ -278,30 +278,33 @@ def discover(
         progress=progress,
     )
     patches = [*given, *(p.patch for p in proposals), *baselines]
-    pasted = _pasted_count(model, evaluation, patches, sizes, placement, seed)
-    table = evaluate_patches(
+    table = _evaluate(model, evaluation, patches, pair, sizes, placement, seed, progress)
+    return Discovery(samples, atlas, split, screening, evaluation, proposals, patches, table)
+
+
+def _evaluate(
+    model: Classifier,
+    images: EligibleImages,
+    patches: Sequence[Patch],
+    pair: ClassPair,
+    sizes: Sequence[float],
+    placement: Placement,
+    seed: int,
+    progress: Progress | None,
+) -> FlipTable:
+    """`evaluate_patches` with an `evaluating` progress bar sized to the pasted images."""
+    positions = placement.layout(model.input_size, sizes, np.random.default_rng(seed))[0]
+    total = len(images) * len(patches) * len(sizes) * len(positions)
+    return evaluate_patches(
         model,
-        evaluation,
+        images,
         patches,
         pair,
         sizes=sizes,
         placement=placement,
         seed=seed,
-        progress=_stage(progress, "evaluating", pasted),
+        progress=_stage(progress, "evaluating", total),
     )
-    return Discovery(samples, atlas, split, screening, evaluation, proposals, patches, table)
-
-
-def _pasted_count(
-    model: Classifier,
-    images: EligibleImages,
-    patches: Sequence[Patch],
-    sizes: Sequence[float],
-    placement: Placement,
-    seed: int,
-) -> int:
-    positions = placement.layout(model.input_size, sizes, np.random.default_rng(seed))[0]
-    return len(images) * len(patches) * len(sizes) * len(positions)
 
 
 def measure(
@@ -318,15 +321,4 @@ def measure(
     """Flip rates of given patches on the src images of `images` that the model gets right
     (no discovery, no split): what `patchfinder evaluate` and an audit run."""
     evaluation = eligible(model, images.filter([pair.src]), pair)
-    pasted = _pasted_count(model, evaluation, patches, sizes, placement, seed)
-    table = evaluate_patches(
-        model,
-        evaluation,
-        patches,
-        pair,
-        sizes=sizes,
-        placement=placement,
-        seed=seed,
-        progress=_stage(progress, "evaluating", pasted),
-    )
-    return evaluation, table
+    return evaluation, _evaluate(model, evaluation, patches, pair, sizes, placement, seed, progress)

@@ -20,6 +20,7 @@ arrays without a model.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from patchfinder.paste import (
     to_device,
 )
 from patchfinder.stats import wilson_interval
-from patchfinder.types import ClassPair, Patch
+from patchfinder.types import ClassPair, Patch, Proposal
 
 # --- criteria ----------------------------------------------------------------------------
 
@@ -445,3 +446,65 @@ def evaluate_patches(
         delta_p=delta,
         files=tuple(str(record.path) for record in eligible.records),
     )
+
+
+# --- screening proposals ---------------------------------------------------------------
+
+
+def screen(
+    model: Classifier,
+    proposals: Sequence[Proposal],
+    eligible_screening: EligibleImages,
+    pair: ClassPair,
+    *,
+    top_k: int = 10,
+    sizes: Sequence[float] = DEFAULT_SIZES,
+    placement: Placement = DEFAULT_PLACEMENT,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> list[Proposal]:
+    """The `top_k` proposals that flip the most screening images, best first.
+
+    Every proposal is pasted at every size and position on the screening images
+    (`evaluate_patches`) and ranked by best rate (images flipped by at least one setting),
+    then fixed rate (the single best setting), then attribution, then input order: the same
+    inputs give the same ranking. Screening images must not be the evaluation images: the
+    chosen patches are then reported on images they were not chosen on.
+
+    Args:
+        model, pair: the classifier and the pair (a flip is top-1 == dst).
+        proposals: the candidates (unique names), e.g. from `deduplicate`.
+        eligible_screening: the screening images the model gets right (`eligible`).
+        top_k: how many to keep.
+        sizes, placement, seed, batch_size, progress: passed to `evaluate_patches`.
+    Returns:
+        Copies of the kept proposals with `screening_rate` (the best rate) and `screening_n`.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1; Received: top_k={top_k}")
+    if not proposals:
+        return []
+    table = evaluate_patches(
+        model,
+        eligible_screening,
+        [proposal.patch for proposal in proposals],
+        pair,
+        sizes=sizes,
+        placement=placement,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+    ).summary()  # one row per proposal, in order
+    best = np.nan_to_num(table["best_rate"].to_numpy(np.float64), nan=-1.0)  # n = 0: last
+    fixed = np.nan_to_num(table["fixed_rate"].to_numpy(np.float64), nan=-1.0)
+    attribution = np.asarray([p.attribution for p in proposals], dtype=np.float64)
+    order = np.lexsort((np.arange(len(proposals)), -attribution, -fixed, -best))[:top_k]
+    return [
+        dataclasses.replace(
+            proposals[i],
+            screening_rate=float(table["best_rate"].iloc[i]),
+            screening_n=int(table["n"].iloc[i]),
+        )
+        for i in order
+    ]

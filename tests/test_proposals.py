@@ -20,19 +20,18 @@ from patchfinder import proposals as proposals_mod
 from patchfinder.activations import boxes as rf_boxes
 from patchfinder.atlas import Atlas, build_cells, rank_cells
 from patchfinder.data import ImageRecord, ImageSet, load_image
-from patchfinder.evaluate import eligible
+from patchfinder.evaluate import eligible, screen
 from patchfinder.labels import ClassList, ImageClass
 from patchfinder.model import KerasClassifier
+from patchfinder.optimize import optimize_patch
 from patchfinder.paste import Corners
 from patchfinder.proposals import (
     candidate_crops,
     crop_boxes,
     deduplicate,
     noise_patch,
-    optimize_patch,
     random_crops,
     read_patches,
-    screen,
     write_proposals,
 )
 from patchfinder.types import ActivationSamples, ClassPair, Patch, Proposal
@@ -140,6 +139,8 @@ def test_crops_come_from_the_top_dst_cells_preferring_other_classes(atlas_and_sa
         "cell00-00-a", "cell00-00-b", "cell00-00-c", "cell01-00-a", "cell01-00-b",
     ]  # fmt: skip
     assert [p.source_class for p in found] == ["train", "dog", "", "snorkel", "scuba_diver"]
+    unnamed = candidate_crops(atlas, samples, top_cells=2, exclude_classes=[0, 1])
+    assert [p.source_class for p in unnamed] == ["2", "3", "", "snorkel", "scuba_diver"]
     assert all(p.patch.kind == "discovered" and np.isnan(p.screening_rate) for p in found)
 
 
@@ -430,6 +431,8 @@ def test_write_proposals_round_trips_through_read_patches(tmp_path, atlas_and_sa
     found[0] = dataclasses.replace(found[0], screening_rate=0.5, screening_n=10)
     control = noise_patch(10, rng=np.random.default_rng(0))
     csv_path = write_proposals([*found, control], tmp_path / "out")
+    raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    assert all(value.isdigit() for value in raw["x0"][:-1]) and raw["x0"].iloc[-1] == ""
     table = pd.read_csv(csv_path)
     assert list(table.columns) == list(proposals_mod.PROPOSAL_COLUMNS)
     assert table["patch"].tolist() == [p.patch.name for p in found] + ["noise"]
