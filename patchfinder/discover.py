@@ -101,7 +101,7 @@ def propose(
     top_k: int = 10,
     sizes: Sequence[float] = DEFAULT_SIZES,
     placement: Placement = Corners(),  # noqa: B008 (a frozen value)
-    max_screening: int = 64,
+    max_screening: int = 32,
     seed: int = 0,
     progress: Progress | None = None,
 ) -> list[Proposal]:
@@ -157,6 +157,7 @@ def controls(
     screening: EligibleImages,
     pair: ClassPair,
     *,
+    crop_sides: tuple[float, float] = (0.2, 0.5),
     random_count: int = 5,
     optimize_steps: int = 100,
     sizes: Sequence[float] = DEFAULT_SIZES,
@@ -164,14 +165,17 @@ def controls(
     progress: Progress | None = None,
 ) -> list[Patch]:
     """The patches every discovery is measured against: uniform noise (chance), random
-    natural crops of the same pool (is the atlas needed?) and a gradient-optimised patch
-    trained on the screening images (Brown et al. 2017: what an attacker could reach)."""
+    natural crops of the same pool at the discovered crops' sides, `crop_sides` (fractions
+    of the input side: is the atlas needed, or would any natural crop do?) and a
+    gradient-optimised patch trained on the screening images (Brown et al. 2017: what an
+    attacker could reach)."""
     rng = np.random.default_rng(seed)
     side = model.input_size // 4
-    patches = [
-        noise_patch(side, rng=rng),
-        *random_crops(pool, count=random_count, size=model.input_size, rng=rng),
-    ]
+    patches = [noise_patch(side, rng=rng)]
+    if random_count > 0:
+        patches += random_crops(
+            pool, count=random_count, size=model.input_size, rng=rng, side_range=crop_sides
+        )
     if optimize_steps > 0 and len(screening):
         patches.append(
             optimize_patch(
@@ -271,6 +275,7 @@ def discover(
         pool,
         screening,
         pair,
+        crop_sides=_crop_sides(proposals, model.input_size),
         random_count=random_count,
         optimize_steps=optimize_steps,
         sizes=sizes,
@@ -280,6 +285,12 @@ def discover(
     patches = [*given, *(p.patch for p in proposals), *baselines]
     table = _evaluate(model, evaluation, patches, pair, sizes, placement, seed, progress)
     return Discovery(samples, atlas, split, screening, evaluation, proposals, patches, table)
+
+
+def _crop_sides(proposals: Sequence[Proposal], size: int) -> tuple[float, float]:
+    """The range of the proposals' crop sides as fractions of the input side S."""
+    sides = [(p.box[2] - p.box[0]) / size for p in proposals] or [0.2, 0.5]
+    return min(sides), max(sides)
 
 
 def _evaluate(
