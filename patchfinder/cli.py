@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -280,6 +280,13 @@ def atlas(
     grid: Annotated[int, typer.Option(min=2, help="Atlas grid side N.")] = 20,
     min_count: Annotated[int, typer.Option(min=1, help="Drop cells with fewer vectors.")] = 3,
     seed: Annotated[int, typer.Option(help="Seed for sampling and layout.")] = 0,
+    icons: Annotated[
+        Literal["natural", "featurevis"],
+        typer.Option(help="Cell icons: pool crops, or feature visualisations (slow on CPU)."),
+    ] = "natural",
+    featurevis_steps: Annotated[
+        int, typer.Option(min=0, help="Gradient steps per feature-visualisation icon.")
+    ] = 128,
 ) -> None:
     """Build a class-pair activation atlas: cells, vectors, atlas.png, pair_atlas.png, HTML."""
     import time
@@ -333,9 +340,21 @@ def atlas(
                 "grid": grid,
                 "min_count": min_count,
                 "seed": seed,
+                "icons": icons,
+                **({"featurevis_steps": featurevis_steps} if icons == "featurevis" else {}),
                 "seconds": round(time.perf_counter() - start, 1),
             }
-            written = write_atlas(out, samples, result, classifier.classes, details=details)
+            drawn, total = [0], len(result.cells) * featurevis_steps
+
+            def icon_steps(k: int) -> None:
+                drawn[0] += k
+                report("icons", drawn[0], total)
+
+            written = write_atlas(
+                out, samples, result, classifier.classes, details=details, icons=icons,
+                model=classifier, featurevis_steps=featurevis_steps, seed=seed,
+                progress=icon_steps,
+            )  # fmt: skip
             report("render", 1, 1)
 
     ranked = sorted(result.cells, key=lambda cell: -cell.attribution)

@@ -25,7 +25,7 @@ import html
 import io
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -611,6 +611,11 @@ def write_atlas(
     *,
     details: Mapping[str, object],
     icon_size: int = 64,
+    icons: str = "natural",
+    model: object | None = None,
+    featurevis_steps: int = 128,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Path]:
     """Write an atlas run into `folder`; returns {name: path}.
 
@@ -618,7 +623,16 @@ def write_atlas(
     grid, enough to rebuild the cells), `cells.csv` (most dst-favouring first), `atlas.png`,
     `pair_atlas.png`, `atlas.html` and `provenance.json` (`details` plus the environment).
     Each file is written atomically, so an interrupted run never leaves a truncated one.
+
+    Icons are `cell_icons`' natural crops, or with `icons="featurevis"` Lucid-style feature
+    visualisations of each cell's mean activation (`featurevis.feature_icons`, `steps` and
+    `seed` as given, `progress` called after each step); those need the `model.Classifier`
+    the atlas was built with as `model`, and take minutes on a CPU.
     """
+    if icons not in ("natural", "featurevis"):
+        raise ValueError(f"icons must be 'natural' or 'featurevis'; Received: icons={icons!r}")
+    if icons == "featurevis" and model is None:
+        raise ValueError("Feature-visualisation icons need the atlas's model; Received: model=None")
     import pandas as pd
 
     from patchfinder.activations import save_samples
@@ -627,7 +641,17 @@ def write_atlas(
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    icons = cell_icons(atlas, samples, icon_size=icon_size)
+    if icons == "featurevis":
+        from patchfinder.featurevis import feature_icons
+
+        directions = np.stack([cell.mean_activation for cell in atlas.cells])  # (C, D)
+        drawn = feature_icons(
+            model, atlas.layer, directions, icon_size=icon_size, steps=featurevis_steps,
+            seed=seed, progress=progress,
+        )  # fmt: skip
+        icon_map = {(c.x, c.y): icon for c, icon in zip(atlas.cells, drawn, strict=True)}
+    else:
+        icon_map = cell_icons(atlas, samples, icon_size=icon_size)
     title = f"{atlas.pair.src.name} -> {atlas.pair.dst.name} at {atlas.layer}"
     written = {
         "activations": save_samples(samples, folder / "activations.npz"),
@@ -636,13 +660,13 @@ def write_atlas(
             folder / "cells.csv", pd.DataFrame(cells_table(atlas, samples, classes))
         ),
         "atlas_png": save_png(
-            render_atlas(atlas, icons, icon_size=icon_size), folder / "atlas.png"
+            render_atlas(atlas, icon_map, icon_size=icon_size), folder / "atlas.png"
         ),
         "pair_atlas_png": save_png(
-            render_pair_atlas(atlas, samples, icons, classes), folder / "pair_atlas.png"
+            render_pair_atlas(atlas, samples, icon_map, classes), folder / "pair_atlas.png"
         ),
         "html": save_text(
-            render_html(atlas, samples, icons, classes, title=title, icon_size=icon_size),
+            render_html(atlas, samples, icon_map, classes, title=title, icon_size=icon_size),
             folder / "atlas.html",
         ),
     }
