@@ -619,6 +619,85 @@ def discover(
     err.print(f"wrote the atlas, proposals and report to {out}", highlight=False)
 
 
+# --- audit ------------------------------------------------------------------------------------
+
+
+@app.command()
+def audit(
+    config: Annotated[Path, typer.Argument(help="The audit config (TOML).")],
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            help="An earlier run's JSON: fail where a rate rose by more than the tolerance."
+        ),
+    ] = None,
+    update_baseline: Annotated[
+        bool,
+        typer.Option(
+            "--update-baseline",
+            help="Write this run as the new --baseline FILE (when every check is within its "
+            "limits) instead of comparing against it.",
+        ),
+    ] = False,
+    junit: Annotated[
+        Path | None, typer.Option(help="Write JUnit XML: one testcase per check.")
+    ] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Write every number as JSON, with provenance.")
+    ] = None,
+) -> None:
+    """CI gate: known patches must flip the model at most so often, and no more than last time.
+
+    Prints a Markdown summary (appended to $GITHUB_STEP_SUMMARY when set). Exit status 0: every
+    check passes; 1: a check exceeds a limit or regressed beyond its tolerance; 2: a config or
+    usage error. The config format is described in `patchfinder.audit`.
+    """
+    from patchfinder.audit import (
+        compare,
+        load_config,
+        read_baseline,
+        run_audit,
+        to_json,
+        to_junit_xml,
+        to_markdown,
+    )
+    from patchfinder.io import write_text
+    from patchfinder.provenance import provenance
+
+    with _user_errors():
+        if update_baseline and baseline is None:
+            raise ValueError("--update-baseline needs --baseline FILE: the file to write")
+        checked = load_config(config)
+        previous = None if baseline is None or update_baseline else read_baseline(baseline)
+        spec = checked.model
+        classifier = _load(spec.name, spec.weights, spec.labels, spec.preprocess)
+        with _stages(0) as report:
+            result = run_audit(checked, model=classifier, progress=report)
+        source = None if previous is None else str(baseline)
+        verdict = compare(result, previous, source=source or "")
+        record = provenance(
+            command="audit", config=str(config), baseline=source, model=result.model,
+            weights=result.weights_id, update_baseline=update_baseline,
+        )  # fmt: skip
+        text = to_json(result, verdict, provenance=record)
+        markdown = to_markdown(result, verdict)
+        if json_file is not None:
+            write_text(json_file, text)
+        if junit is not None:
+            write_text(junit, to_junit_xml(result, verdict))
+        if update_baseline and baseline is not None and verdict.passed:
+            write_text(baseline, text)
+            err.print(f"baseline written to {baseline}", highlight=False)
+        elif update_baseline:
+            err.print(f"[yellow]baseline {baseline} not updated: a check failed its limits[/]")
+        summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary_file:
+            with open(summary_file, "a", encoding="utf-8") as handle:
+                handle.write(markdown + "\n")
+    sys.stdout.write(markdown)
+    raise typer.Exit(verdict.exit_status)
+
+
 def run() -> None:
     """The console-script entry point."""
     app(args=expand_multi_values(sys.argv[1:]), prog_name="patchfinder")
