@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from patchfinder import __version__
+from patchfinder.provenance import git_commit
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF C++ info, warnings, CUDA probes
 
@@ -312,7 +313,7 @@ def atlas(
         class_pair = ClassPair.parse(pair, classifier.classes)
         chosen = classifier.resolve_layer(layer)
         summary = LoadSummary()
-        start = time.perf_counter()
+        start, commit = time.perf_counter(), git_commit()
         with _stages(len(pool)) as report:
             samples, result = pair_atlas(
                 classifier,
@@ -343,6 +344,7 @@ def atlas(
                 "icons": icons,
                 **({"featurevis_steps": featurevis_steps} if icons == "featurevis" else {}),
                 "seconds": round(time.perf_counter() - start, 1),
+                "git_commit": commit,
             }
             drawn, total = [0], len(result.cells) * featurevis_steps
 
@@ -516,7 +518,7 @@ def evaluate(
         if noise:
             rng = np.random.default_rng(seed)
             given.append(noise_patch(classifier.input_size // 4, rng=rng))
-        start = time.perf_counter()
+        start, commit = time.perf_counter(), git_commit()
         with _stages(0) as report:
             evaluation, table = measure(
                 classifier, find_images(images, classes=classifier.classes), class_pair, given,
@@ -539,6 +541,7 @@ def evaluate(
             "placements": str(placement), "seed": seed, "n": len(evaluation),
             "n_candidates": evaluation.n_candidates,
             "seconds": round(time.perf_counter() - start, 1),
+            "git_commit": commit,
         }  # fmt: skip
         write_report(
             out, table, title=title, examples=examples, details=details,
@@ -591,7 +594,7 @@ def discover(
         class_pair = ClassPair.parse(pair, classifier.classes)
         placement, chosen_sizes = parse_placements(placements), _sizes(sizes)
         given = read_patches(patches) if patches else []
-        start = time.perf_counter()
+        start, commit = time.perf_counter(), git_commit()
         with _stages(0) as report:
             result = run_discover(
                 classifier, find_images(pool, classes=classifier.classes),
@@ -612,6 +615,7 @@ def discover(
                 "n_evaluation": len(result.evaluation), "n_screening": len(result.screening),
                 "split": result.split.to_dict(),
                 "seconds": round(time.perf_counter() - start, 1),
+                "git_commit": commit,
             }  # fmt: skip
             write_discovery(out, result, classifier, details=details, placement=placement)
     title = f"{class_pair.src.name} -> {class_pair.dst.name} on {classifier.name}"

@@ -49,12 +49,14 @@ def git_commit(folder: Path | None = None) -> str:
 
 def provenance(**details: object) -> dict[str, object]:
     """A JSON-ready record: the caller's `details` (model, weights, data, seed, ...) plus the
-    environment (versions, git commit, Python, platform, UTC time)."""
-    return {
-        **details,
+    environment (versions, git commit, Python, platform, UTC time). A detail the caller
+    recorded itself wins: a long run records `git_commit` when it starts, since the tree
+    may change before it ends."""
+    environment = {
         "versions": package_versions(),
         "git_commit": git_commit(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    return {**details, **{k: v for k, v in environment.items() if k not in details}}
