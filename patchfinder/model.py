@@ -437,8 +437,13 @@ def freeze_signature(loaded, source: str) -> FrozenSignature:
         if key != logits_key and outputs[key].shape.rank == 4:
             short = key.rsplit("/", 1)[-1]
             hidden[key if short in hidden else short] = source_tensor(outputs[key])
+    graph_def = frozen.graph.as_graph_def()
+    # Output dicts have no meaningful order; the graph's node order is creation order, so
+    # sorting by it lists the hidden layers shallow first, whatever the signature's order.
+    position = {node.name: index for index, node in enumerate(graph_def.node)}
+    hidden = dict(sorted(hidden.items(), key=lambda item: position[item[1].split(":")[0]]))
     return FrozenSignature(
-        graph_def=frozen.graph.as_graph_def(),
+        graph_def=graph_def,
         input_tensor=frozen.inputs[0].name,
         logits_tensor=source_tensor(outputs[logits_key]),
         logits_width=int(outputs[logits_key].shape[-1]),
