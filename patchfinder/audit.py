@@ -53,22 +53,30 @@ Exit statuses: `PASSED` 0, `FAILED` 1, `CONFIG_ERROR` 2 (`ConfigError` and other
 from __future__ import annotations
 
 import difflib
-import glob
 import json
 import math
-import os
-import re
 import time
 import tomllib
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from patchfinder.config import (
+    ConfigError,
+    check_placements,
+    check_sizes,
+    check_whole,
+    existing_paths,
+    expand_path,
+    is_number,
+    parse_pair,
+    unknown_keys,
+)
 from patchfinder.data import find_images
-from patchfinder.labels import ClassList, UnknownClassError, imagenet
+from patchfinder.labels import ClassList, imagenet
 from patchfinder.model import PREPROCESSING, Classifier, UnknownModelError, model_spec
 from patchfinder.paste import DEFAULT_SIZES, parse_placements
 from patchfinder.proposals import read_patches
@@ -85,26 +93,10 @@ _MODEL_KEYS = ("name", "weights", "labels", "preprocess")
 _CHECK_KEYS = ("name", "pair", "images", "patches", "sizes", "placements", "seed", "limits")
 _DEFAULT_KEYS = tuple(key for key in _CHECK_KEYS if key not in ("name", "pair"))
 _LIMIT_KEYS = ("best_rate", "fixed_rate", "tolerance", "min_n")
-_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 _EPSILON = 1e-9  # rates are ratios of counts: a rate equal to its limit passes
 
 
 # --- config ----------------------------------------------------------------------------------
-
-
-class ConfigError(ValueError):
-    """An audit config with problems; `problems` lists every one as `location: what`."""
-
-    def __init__(self, path: str | Path, problems: Sequence[str]) -> None:
-        self.path = Path(path)
-        self.problems = tuple(problems)
-        count = len(self.problems)
-        lines = "\n".join(f"  {problem}" for problem in self.problems)
-        self.message = f"{self.path}: {count} problem{'s' if count != 1 else ''}\n{lines}"
-        super().__init__(self.message)
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True)
@@ -160,61 +152,6 @@ class AuditConfig:
     checks: tuple[Check, ...]
 
 
-def _unknown_keys(table: Mapping, allowed: Sequence[str], where: str) -> list[str]:
-    problems = []
-    for key in table:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else f"; expected {', '.join(allowed)}"
-            problems.append(f"{_join(where, key)}: unknown key{hint}")
-    return problems
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _expand(text: str, base: Path) -> tuple[Path | None, str | None]:
-    """A config path: environment variables, `~`, relative to `base`. (path, problem)."""
-    unset = [a or b for a, b in _VARIABLE.findall(text) if (a or b) not in os.environ]
-    if unset:
-        names = ", ".join(dict.fromkeys(unset))
-        return None, f"environment variable {names} is not set (in {text!r})"
-    expanded = _VARIABLE.sub(lambda m: os.environ[m.group(1) or m.group(2)], text)
-    path = Path(expanded).expanduser()
-    return (path if path.is_absolute() else base / path), None
-
-
-def _paths(value: object, where: str, base: Path, problems: list[str]) -> tuple[Path, ...]:
-    """Existing paths from a string or a list of strings; globs expanded, problems noted."""
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
-        problems.append(
-            f"{where}: expected a path or a non-empty list of paths; Received {value!r}"
-        )
-        return ()
-    found: list[Path] = []
-    for position, text in enumerate(items):
-        at = where if isinstance(value, str) else f"{where}[{position}]"
-        path, problem = _expand(text, base)
-        if path is None:
-            problems.append(f"{at}: {problem}")
-        elif any(char in str(path) for char in "*?["):
-            matches = sorted(glob.glob(str(path)))
-            if not matches:
-                problems.append(f"{at}: no file matches {path}")
-            found += [Path(match) for match in matches]
-        elif not path.exists():
-            problems.append(f"{at}: not found: {path}")
-        else:
-            found.append(path)
-    return tuple(found)
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _model(section: object, base: Path, problems: list[str]) -> tuple[ModelConfig, ClassList]:
     """The model section, checked without loading the model; and the classes it has."""
     if isinstance(section, str):
@@ -222,11 +159,11 @@ def _model(section: object, base: Path, problems: list[str]) -> tuple[ModelConfi
     if not isinstance(section, dict):
         problems.append(f"model: expected a table or a name; Received {section!r}")
         return ModelConfig(), imagenet()
-    problems += _unknown_keys(section, _MODEL_KEYS, "model")
+    problems += unknown_keys(section, _MODEL_KEYS, "model")
     options: dict[str, object] = {}
     for key in ("weights", "labels"):
         if key in section:
-            found = _paths(section[key], f"model.{key}", base, problems)
+            found = existing_paths(section[key], f"model.{key}", base, problems)
             if len(found) > 1:
                 problems.append(f"model.{key}: expected one file; Received {len(found)}")
             options[key] = found[0] if len(found) == 1 else None
@@ -236,7 +173,7 @@ def _model(section: object, base: Path, problems: list[str]) -> tuple[ModelConfi
         problems.append(f"model.name: expected a zoo name or a path; Received {name!r}")
         name = ModelConfig.name
     else:
-        path, problem = _expand(name, base)
+        path, problem = expand_path(name, base)
         if problem is not None:
             problems.append(f"model.name: {problem}")
         elif path is not None and (path.suffix in {".keras", ".h5"} or path.exists()):
@@ -276,25 +213,6 @@ def _model(section: object, base: Path, problems: list[str]) -> tuple[ModelConfi
     return config, classes
 
 
-def _pair(value: object, where: str, classes: ClassList, problems: list[str]) -> ClassPair | None:
-    parts = value.split(":") if isinstance(value, str) else []
-    if len(parts) != 2 or not all(part.strip() for part in parts):
-        problems.append(f"{where}: expected SRC:DST, e.g. snorkel:scuba_diver; Received {value!r}")
-        return None
-    found = []
-    for part in parts:
-        try:
-            found.append(classes.get(part.strip()))
-        except UnknownClassError as error:
-            problems.append(f"{where}: {error.message}")
-    if len(found) < 2:
-        return None
-    if found[0] == found[1]:
-        problems.append(f"{where}: the pair's classes must differ; Received {value!r}")
-        return None
-    return ClassPair(*found)
-
-
 def _limits(value: Mapping, at: Callable[[str], str], problems: list[str]) -> Limits:
     """Limits from a table; `at(key)` is where each key was written."""
     checked: dict[str, float | int] = {}
@@ -310,7 +228,7 @@ def _limits(value: Mapping, at: Callable[[str], str], problems: list[str]) -> Li
                 checked[key] = number
             else:
                 problems.append(f"{at(key)}: expected a whole number >= 0; Received {number!r}")
-        elif _number(number) and 0 <= number <= 1:
+        elif is_number(number) and 0 <= number <= 1:
             checked[key] = float(number)
         else:
             problems.append(f"{at(key)}: expected a rate in [0, 1]; Received {number!r}")
@@ -326,7 +244,7 @@ def _check(
     problems: list[str],
 ) -> Check | None:
     where = f"checks[{index}]"
-    problems += _unknown_keys(table, _CHECK_KEYS, where)
+    problems += unknown_keys(table, _CHECK_KEYS, where)
     # Each key comes from the check, else from [defaults]; problems name where it was written.
     merged = {**defaults, **table}
     given = table.get("limits", {})
@@ -344,7 +262,7 @@ def _check(
     if "pair" not in table:
         problems.append(f"{where}.pair: missing (SRC:DST, e.g. snorkel:scuba_diver)")
     else:
-        pair = _pair(table["pair"], f"{where}.pair", classes, problems)
+        pair = parse_pair(table["pair"], f"{where}.pair", classes, problems)
     name = merged.get("name")
     if name is None:
         name = str(merged.get("pair", f"check-{index}")).replace(":", "->")
@@ -355,31 +273,12 @@ def _check(
         if key not in merged:
             problems.append(f"{where}.{key}: missing (files, folders or glob patterns)")
     if "images" in merged:
-        images = _paths(merged["images"], at("images"), base, problems)
+        images = existing_paths(merged["images"], at("images"), base, problems)
     if "patches" in merged:
-        patches = _paths(merged["patches"], at("patches"), base, problems)
-    sizes = merged.get("sizes", list(DEFAULT_SIZES))
-    sizes = [sizes] if _number(sizes) else sizes
-    if (
-        not isinstance(sizes, list)
-        or not sizes
-        or not all(_number(s) and 0 < s <= 1 for s in sizes)
-    ):
-        problems.append(
-            f"{at('sizes')}: expected fractions of the image side in (0, 1], e.g. [0.3, 0.4]; "
-            f"Received {merged.get('sizes')!r}"
-        )
-        sizes = list(DEFAULT_SIZES)
-    placements = merged.get("placements", "corners")
-    try:
-        if not isinstance(placements, str):
-            raise ValueError(f"expected a string such as 'corners'; Received {placements!r}")
-        parse_placements(placements)
-    except ValueError as error:
-        problems.append(f"{at('placements')}: {error}")
-    seed = merged.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        problems.append(f"{at('seed')}: expected a whole number; Received {seed!r}")
+        patches = existing_paths(merged["patches"], at("patches"), base, problems)
+    sizes = check_sizes(merged.get("sizes", list(DEFAULT_SIZES)), at("sizes"), problems)
+    placements = check_placements(merged.get("placements", "corners"), at("placements"), problems)
+    seed = check_whole(merged.get("seed", 0), at("seed"), problems)
     limits = merged.get("limits", {})
     if not isinstance(limits, dict):
         problems.append(f"{at('limits')}: expected a table of limits; Received {limits!r}")
@@ -406,9 +305,9 @@ def _check(
         pair=str(merged["pair"]),
         images=images,
         patches=patches,
-        sizes=tuple(float(s) for s in sizes),
-        placements=str(placements),
-        seed=int(seed),
+        sizes=sizes,
+        placements=placements,
+        seed=seed,
         limits=checked_limits,
     )
 
@@ -429,13 +328,13 @@ def load_config(path: str | Path) -> AuditConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(path, [f"not valid TOML: {error}"]) from None
     base = path.resolve().parent
-    problems = _unknown_keys(data, _TOP_KEYS, "")
+    problems = unknown_keys(data, _TOP_KEYS, "")
     model, classes = _model(data.get("model", {}), base, problems)
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
         problems.append(f"defaults: expected a table; Received {defaults!r}")
         defaults = {}
-    problems += _unknown_keys(defaults, _DEFAULT_KEYS, "defaults")
+    problems += unknown_keys(defaults, _DEFAULT_KEYS, "defaults")
     tables = data.get("checks")
     checks: list[Check] = []
     if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):

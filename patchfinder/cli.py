@@ -415,13 +415,7 @@ def _load(model: str, weights: Path | None, labels: Path | None, preprocess: str
 def _print_summary(table, title: str) -> None:
     from patchfinder.report import kind_overview
 
-    overview = kind_overview(table.summary())
-    shown = Table(title=title)
-    for column in overview.columns:
-        shown.add_column(str(column), overflow="fold")
-    for row in overview.itertuples(index=False):
-        shown.add_row(*(str(value) for value in row))
-    console.print(shown)
+    _print_frame(kind_overview(table.summary()), title)
 
 
 @app.command()
@@ -700,6 +694,146 @@ def audit(
                 handle.write(markdown + "\n")
     sys.stdout.write(markdown)
     raise typer.Exit(verdict.exit_status)
+
+
+# --- reproduce ---------------------------------------------------------------------------------
+
+
+@app.command()
+def reproduce(
+    name: Annotated[
+        str | None, typer.Argument(help="An experiment (see --list), or its TOML file.")
+    ] = None,
+    model: ModelOption = "efficientnet-lite0",
+    weights: WeightsOption = None,
+    labels: LabelsOption = None,
+    preprocess: PreprocessOption = None,
+    data: Annotated[
+        Path | None, typer.Option(help="The data root (default: $PATCHFINDER_DATA).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: results/NAME).")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the experiments and exit.")] = False,
+) -> None:
+    """Re-run one of the article's patch experiments: its patches and noise control beside
+    discovered patches and controls, with the article's published figures side by side."""
+    import time
+
+    from patchfinder.experiments import (
+        check_data_root,
+        data_counts,
+        describe,
+        list_experiments,
+        load_experiment,
+        write_reproduction,
+    )
+    from patchfinder.experiments import reproduce as run_reproduce
+
+    with _user_errors():
+        if list_:
+            _print_frame(describe(list_experiments()), "experiments")
+            return
+        if name is None:
+            raise ValueError("Name an experiment; `patchfinder reproduce --list` shows them")
+        experiment = load_experiment(name)
+        root = check_data_root(experiment, data or os.environ.get("PATCHFINDER_DATA"))
+        classifier = _load(model, weights, labels, preprocess)
+        folder = out or Path("results") / experiment.name
+        start, commit = time.perf_counter(), git_commit()
+        with _stages(0) as report:
+            result = run_reproduce(classifier, experiment, root, progress=report)
+            details = {
+                "command": "reproduce", "experiment": experiment.name,
+                "experiment_file": str(experiment.file), "model": classifier.name,
+                "weights": classifier.weights_id, "layer": result.atlas.layer,
+                "pair": experiment.pair, "data_root": str(root),
+                "data": data_counts(experiment, root), "sizes": list(experiment.sizes),
+                "placements": experiment.placements, "seed": experiment.seed,
+                "discovery": dict(experiment.discovery),
+                "n_evaluation": len(result.evaluation), "n_screening": len(result.screening),
+                "seconds": round(time.perf_counter() - start, 1), "git_commit": commit,
+            }  # fmt: skip
+            write_reproduction(folder, result, experiment, classifier, details=details)
+    from patchfinder.experiments import headline
+
+    _print_frame(headline(result, experiment, classifier), experiment.title)
+    err.print(f"wrote the summary, report, patches and provenance to {folder}", highlight=False)
+
+
+def _print_frame(frame, title: str) -> None:
+    shown = Table(title=title)
+    for column in frame.columns:
+        shown.add_column(str(column), overflow="fold")
+    for row in frame.itertuples(index=False):
+        shown.add_row(*(str(value) for value in row))
+    console.print(shown)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+data_app = typer.Typer(help="The public datasets the experiments read: list and fetch them.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("list")
+def data_list(
+    root: Annotated[
+        Path | None, typer.Option(help="A data root to check (default: $PATCHFINDER_DATA).")
+    ] = None,
+) -> None:
+    """The datasets, their public sources and licences, and which are present under ROOT."""
+    import pandas as pd
+
+    from patchfinder.datasets import default_root, describe, missing
+
+    with _user_errors():
+        where = root or default_root()
+        rows = pd.DataFrame(describe())
+        absent = set(missing(list(rows["name"]), where))
+        rows.insert(2, "present", ["no" if n in absent else "yes" for n in rows["name"]])
+    _print_frame(rows, f"datasets (data root {where})")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    names: Annotated[list[str], typer.Argument(help="Dataset names (see `data list`).")],
+    root: Annotated[
+        Path | None,
+        typer.Option(help="The data root to fill (default: $PATCHFINDER_DATA, else the cache)."),
+    ] = None,
+    url: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=URL: fetch NAME from this archive (a mirror, a file:// copy)."),
+    ] = None,
+) -> None:
+    """Download each dataset's repository at its pinned commit, convert it to the data-root
+    layout and verify it; datasets already present and sound are skipped."""
+    from patchfinder.datasets import DatasetError, default_root, fetch
+
+    with _user_errors():
+        urls = {}
+        for item in url or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key or not value:
+                raise ValueError(f"--url takes NAME=URL; Received: {item!r}")
+            urls[key] = value
+        where = root or default_root()
+        columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, console=err, transient=True) as bar:
+            tasks: dict[tuple[str, str], int] = {}
+
+            def report(event) -> None:
+                key = (event.name, event.stage)
+                if key not in tasks:
+                    tasks[key] = bar.add_task(f"{event.name} {event.stage}", total=event.total)
+                bar.update(tasks[key], completed=event.done, total=event.total)
+
+            try:
+                reports = fetch(names, where, urls=urls, progress=report)
+            except DatasetError as error:
+                raise RuntimeError(str(error)) from None
+    for item in reports:
+        console.print(str(item), highlight=False)
+    err.print(f"data root: {where} (pass it as --data or PATCHFINDER_DATA)", highlight=False)
 
 
 def run() -> None:

@@ -228,6 +228,7 @@ def discover(
     sizes: Sequence[float] = DEFAULT_SIZES,
     placement: Placement = Corners(),  # noqa: B008 (a frozen value)
     screening_fraction: float = 0.5,
+    max_evaluation: int | None = None,
     random_count: int = 5,
     optimize_steps: int = 100,
     seed: int = 0,
@@ -238,7 +239,9 @@ def discover(
 
     `images` supplies the src photos (others are ignored); they are split, seeded, into a
     screening part that picks the proposals (and trains the optimised patch) and an
-    evaluation part on which every patch, `given` ones included, is measured.
+    evaluation part on which every patch, `given` ones included, is measured. With
+    `max_evaluation`, a seeded subset of that many eligible evaluation images bounds the cost
+    (`Discovery.evaluation` lists the ones measured).
     """
     samples, atlas = pair_atlas(
         model,
@@ -258,6 +261,8 @@ def discover(
         eligible(model, split.screening, pair),
         eligible(model, split.evaluation, pair),
     )
+    if max_evaluation is not None:
+        evaluation = _subset(evaluation, max_evaluation, seed)
     proposals = propose(
         model,
         atlas,

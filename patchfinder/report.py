@@ -94,9 +94,19 @@ def kind_overview(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary_markdown(summary: pd.DataFrame, *, title: str, notes: Sequence[str] = ()) -> str:
-    """`summary.md`: the title, the reader's notes, the per-kind overview, every patch."""
+def summary_markdown(
+    summary: pd.DataFrame,
+    *,
+    title: str,
+    notes: Sequence[str] = (),
+    headline: pd.DataFrame | None = None,
+    headline_note: str = "",
+) -> str:
+    """`summary.md`: the title, an optional headline table (e.g. published figures beside
+    ours) with its note, the reader's notes, the per-kind overview, every patch."""
     parts = [f"# {title}", ""]
+    if headline is not None:
+        parts += [markdown_table(headline), "", *([headline_note, ""] if headline_note else [])]
     parts += [f"- {note}" for note in notes]
     parts += ["", "## By kind", "", markdown_table(kind_overview(summary)), ""]
     parts += ["## Every patch", "", markdown_table(summary_table(summary)), ""]
@@ -215,8 +225,17 @@ def report_html(
     notes: Sequence[str],
     plot: Image.Image,
     examples: Image.Image | None,
+    headline: pd.DataFrame | None = None,
+    headline_note: str = "",
 ) -> str:
-    """A self-contained page: notes, per-kind overview, every patch, the plot, examples."""
+    """A self-contained page: the headline table, notes, per-kind overview, every patch, the
+    plot, examples."""
+    top = (
+        headline.to_html(index=False, escape=True, border=0)
+        + f"<p>{html.escape(headline_note)}</p>"
+        if headline is not None
+        else ""
+    )
     overview = kind_overview(summary).to_html(index=False, escape=True, border=0)
     patches = summary_table(summary).to_html(index=False, escape=True, border=0)
     items = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
@@ -234,6 +253,7 @@ th, td {{ padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: left; }}
 img {{ max-width: 100%; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
+{top}
 <ul>{items}</ul>
 <h2>By kind</h2>{overview}
 <h2>Flip rate versus size</h2><img alt="flip rate versus size" src="{_png_uri(plot)}">
@@ -253,11 +273,15 @@ def write_report(
     notes: Sequence[str] = (),
     examples: Image.Image | None = None,
     details: Mapping[str, object] | None = None,
+    headline: pd.DataFrame | None = None,
+    headline_note: str = "",
 ) -> dict[str, Path]:
     """Write `flips.csv`, `summary.csv`, `summary.md`, `report.html` (and `provenance.json`
-    when `details` is given) into `folder`, each atomically; returns {name: path}."""
+    when `details` is given) into `folder`, each atomically; returns {name: path}. A
+    `headline` table (with its note) goes at the top of `summary.md` and `report.html`."""
     from patchfinder.provenance import provenance
 
+    top = {"headline": headline, "headline_note": headline_note}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     long, summary = table.long(), table.summary()
@@ -266,11 +290,11 @@ def write_report(
         "flips": write_csv(folder / "flips.csv", long),
         "summary": write_csv(folder / "summary.csv", summary),
         "summary_md": write_text(
-            folder / "summary.md", summary_markdown(summary, title=title, notes=notes)
+            folder / "summary.md", summary_markdown(summary, title=title, notes=notes, **top)
         ),
         "report": write_text(
             folder / "report.html",
-            report_html(summary, title=title, notes=notes, plot=plot, examples=examples),
+            report_html(summary, title=title, notes=notes, plot=plot, examples=examples, **top),
         ),
     }
     if details is not None:
@@ -314,11 +338,13 @@ def write_discovery(
     *,
     details: Mapping[str, object],
     placement: Placement,
+    headline: pd.DataFrame | None = None,
+    headline_note: str = "",
 ) -> dict[str, Path]:
     """Write a `discover` run: the atlas (`atlas/`), every evaluated patch with provenance
-    (`proposals/`: PNGs and proposals.csv), the flip tables and report, the split and
-    provenance. `discovery` is a `discover.Discovery`; examples use `placement`'s first
-    position at the largest size."""
+    (`proposals/`: PNGs and proposals.csv), the flip tables and report (with an optional
+    headline table, see `write_report`), the split and provenance. `discovery` is a
+    `discover.Discovery`; examples use `placement`'s first position at the largest size."""
     from patchfinder.proposals import write_proposals
     from patchfinder.render import write_atlas
 
@@ -344,8 +370,19 @@ def write_discovery(
     notes = evaluation_notes(model, pair, discovery.evaluation, screening=len(discovery.screening))
     written.update(
         write_report(
-            folder, discovery.table, title=title, notes=notes, examples=examples, details=details
+            folder,
+            discovery.table,
+            title=title,
+            notes=notes,
+            examples=examples,
+            details=details,
+            headline=headline,
+            headline_note=headline_note,
         )
     )
-    written["split"] = write_json(folder / "split.json", discovery.split.to_dict())
+    measured = {
+        "screening_eligible": [str(record.path) for record in discovery.screening.records],
+        "evaluated": [str(record.path) for record in discovery.evaluation.records],
+    }  # the eligible images of each part: the ones a rate's n counts
+    written["split"] = write_json(folder / "split.json", {**discovery.split.to_dict(), **measured})
     return written

@@ -1,0 +1,271 @@
+"""Experiments: the shipped files, config errors, the data-root message, and `reproduce` end
+to end on a tiny 1000-class model (every output, the side-by-side table, determinism)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from patchfinder.config import ConfigError
+from patchfinder.datasets import DATASETS
+from patchfinder.experiments import (
+    EXPERIMENTS_DIR,
+    check_data_root,
+    list_experiments,
+    load_experiment,
+    read_experiment,
+)
+from patchfinder.labels import imagenet
+
+from conftest import run_cli, tiny_cnn
+
+SHIPPED = ("baseball-whale", "noodles-wok", "train-patch")
+
+EXPERIMENT = """
+name = "tiny"
+title = "A tiny experiment"
+pair = "{pair}"
+
+[data]
+pool = ["imagenet-samples"]
+images = ["tiny-imagenet-targets"]
+patches = ["activation-atlas-article/patches/train-*.png"]
+noise = ["activation-atlas-article/patches/random.png"]
+
+[evaluation]
+sizes = [0.3, 0.5]
+placements = "corners"
+seed = 3
+screening_fraction = 0.5
+max_evaluation = 6
+
+[discovery]
+layer = "conv2"
+top_k = 2
+samples_per_image = 4
+grid = 3
+random_crops = 1
+optimize_steps = 2
+
+[article]
+model = "InceptionV1"
+data = "1,000 photos per class"
+n = 827
+best_rate = 0.85
+fixed_rate = 0.654
+noise_best_rate = 0.139
+noise_fixed_rate = 0.042
+"""
+
+
+def test_the_shipped_experiments_load_and_name_known_datasets():
+    experiments = list_experiments()
+    assert [e.name for e in experiments] == list(SHIPPED)
+    for experiment in experiments:
+        assert experiment.file == EXPERIMENTS_DIR / f"{experiment.name}.toml"
+        assert set(experiment.datasets) <= set(DATASETS)
+        assert experiment.article.n > 0
+        assert 0 < experiment.article.noise_fixed_rate < experiment.article.fixed_rate
+        assert experiment.article.fixed_rate < experiment.article.best_rate <= 1
+        patch_set = experiment.data["patches"][0].rsplit("/", 1)[1].split("-")[0]
+        assert patch_set in {"train", "baseball", "noodles"}
+
+
+@pytest.mark.slow
+def test_the_shipped_experiments_find_their_data(data_root):
+    for experiment in list_experiments():
+        assert check_data_root(experiment, data_root) == data_root
+        assert len(experiment.paths("patches", data_root)) == 10
+        assert [p.name for p in experiment.paths("noise", data_root)] == ["random.png"]
+
+
+def test_an_unknown_experiment_lists_the_known_ones():
+    with pytest.raises(ValueError, match="baseball-whale, noodles-wok, train-patch"):
+        load_experiment("train-patches")
+
+
+def test_every_problem_in_an_experiment_file_is_reported_at_once(tmp_path):
+    bad = EXPERIMENT.format(pair="snorkel:snorkle").replace(
+        'pool = ["imagenet-samples"]', 'pool = ["imagenet-sample"]'
+    )
+    bad = bad.replace("sizes = [0.3, 0.5]", "sizes = [0.3, 1.5]").replace("n = 827", "")
+    bad = bad.replace("top_k = 2", "top_k = -1\ntopk = 2")
+    file = tmp_path / "bad.toml"
+    file.write_text(bad)
+    with pytest.raises(ConfigError) as caught:
+        read_experiment(file)
+    problems = "\n".join(caught.value.problems)
+    assert "pair: " in problems and "snorkle" in problems
+    assert "'imagenet-sample' is not a known dataset" in problems
+    assert "evaluation.sizes" in problems
+    assert "article: missing n" in problems
+    assert "discovery.top_k" in problems
+    assert "discovery.topk: unknown key (did you mean top_k?)" in problems
+    assert len(caught.value.problems) == 6
+
+
+def test_data_paths_must_stay_under_the_data_root(tmp_path):
+    file = tmp_path / "escape.toml"
+    file.write_text(
+        EXPERIMENT.format(pair="snorkel:scuba_diver").replace(
+            '"tiny-imagenet-targets"', '"tiny-imagenet-targets/../../etc"'
+        )
+    )
+    with pytest.raises(ConfigError, match="must be relative to the data root"):
+        read_experiment(file)
+
+
+def test_a_missing_data_root_names_each_dataset_and_its_source(tmp_path):
+    experiment = load_experiment("train-patch")
+    with pytest.raises(FileNotFoundError) as caught:
+        check_data_root(experiment, None)
+    message = str(caught.value)
+    assert "--data" in message and "PATCHFINDER_DATA" in message
+    for name in experiment.datasets:
+        assert name in message and DATASETS[name].repository in message
+    (tmp_path / "imagenet-samples").mkdir()
+    with pytest.raises(FileNotFoundError) as caught:
+        check_data_root(experiment, tmp_path)
+    assert "  imagenet-samples:" not in str(caught.value)
+    assert "patchfinder data fetch nips17-dev tiny-imagenet-targets" in str(caught.value)
+
+
+@pytest.fixture
+def tiny_root(tmp_path, rng):
+    """A data root with the shipped layout, a saved tiny 1000-class model, and the pair
+    (the class it predicts for most src photos -> another class) for the experiment file."""
+    import keras
+
+    model_path = tmp_path / "tiny.keras"
+    model = tiny_cnn(num_classes=1000)
+    model.save(model_path)
+    classes = imagenet()
+    root = tmp_path / "data"
+    pool, src = root / "imagenet-samples", root / "tiny-imagenet-targets"
+    patches = root / "activation-atlas-article" / "patches"
+    for folder in (pool, src, patches):
+        folder.mkdir(parents=True)
+    for i in range(10):
+        pixels = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(pool / f"p{i}.png")
+    pixels = [rng.integers(0, 255, (40, 40, 3), dtype=np.uint8) for _ in range(16)]
+    inputs = np.stack([np.asarray(Image.fromarray(p).resize((32, 32)), np.float32) for p in pixels])
+    logits = keras.ops.convert_to_numpy(model(inputs / 255.0))  # (16, 1000)
+    predicted = logits.argmax(axis=1)
+    common = int(np.bincount(predicted).argmax())
+    runner_up = int(np.argsort(logits.mean(axis=0))[-2])  # so some features favour it
+    runner_up = runner_up if runner_up != common else int(np.argsort(logits.mean(axis=0))[-1])
+    src_name, dst_name = classes[common].name, classes[runner_up].name
+    with open(src / "labels.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "name"])
+        for i, p in enumerate(pixels):
+            Image.fromarray(p).save(src / f"s{i}.png")
+            writer.writerow([f"s{i}.png", src_name])
+    with open(patches / "patches.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "kind"])
+        for i in range(3):
+            name = f"train-{i:02d}.png"
+            Image.fromarray(rng.integers(0, 255, (20, 28, 3), dtype=np.uint8)).save(patches / name)
+            writer.writerow([name, "published"])
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+            patches / "random.png"
+        )
+        writer.writerow(["random.png", "noise"])
+    experiment = tmp_path / "tiny.toml"
+    experiment.write_text(EXPERIMENT.format(pair=f"{src_name}:{dst_name}"))
+    return root, model_path, experiment, int((predicted == common).sum())
+
+
+def _reproduce(tiny_root, out):
+    root, model_path, experiment, _ = tiny_root
+    return run_cli(
+        "reproduce", str(experiment), "--model", str(model_path), "--preprocess", "unit",
+        "--data", str(root), "--out", str(out),
+    )  # fmt: skip
+
+
+def test_reproduce_writes_the_side_by_side_table_and_is_deterministic(
+    tiny_root, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("PATCHFINDER_CACHE", str(tmp_path / "cache"))
+    first, second = tmp_path / "first", tmp_path / "second"
+    result = _reproduce(tiny_root, first)
+    assert result.exit_code == 0, result.output
+    for name in ("summary.md", "summary.csv", "flips.csv", "report.html", "provenance.json",
+                 "split.json", "proposals/proposals.csv", "atlas/cells.csv"):  # fmt: skip
+        assert (first / name).is_file(), name
+    summary = pd.read_csv(first / "summary.csv")
+    kinds = summary.groupby("kind")["patch"].apply(set).to_dict()
+    assert kinds["given"] == {"train-00", "train-01", "train-02"}
+    assert "random" in kinds["noise"]
+    assert {"discovered", "random-crop", "optimized"} <= set(kinds)
+    eligible = tiny_root[3]
+    split = json.loads((first / "split.json").read_text())
+    assert not set(split["screening"]) & set(split["evaluation"])
+    assert set(split["evaluated"]) <= set(split["evaluation"])
+    assert len(split["evaluated"]) == min(6, eligible - len(split["screening_eligible"]))
+    assert (summary["n"] == len(split["evaluated"])).all()
+    text = (first / "summary.md").read_text()
+    table = text.split("\n\n")[1]  # the headline table comes right after the title
+    assert "article's patches, as published" in table and "85.0 %" in table
+    assert "article's noise control, as published" in table and "4.2 %" in table
+    for label in ("article's patches (top one)", "discovered (top one)", "optimised"):
+        assert label in table
+    assert "article's patches, as published" in (first / "report.html").read_text()
+    provenance = json.loads((first / "provenance.json").read_text())
+    assert provenance["experiment"] == "tiny" and provenance["seed"] == 3
+    assert provenance["data"]["images"] == {"tiny-imagenet-targets": 16}
+    assert provenance["data"]["patches"] == {
+        f"activation-atlas-article/patches/train-0{i}.png": 1 for i in range(3)
+    }
+    assert "versions" in provenance and "git_commit" in provenance
+    shutil.rmtree(tmp_path / "cache")  # the re-run recomputes everything
+    result = _reproduce(tiny_root, second)
+    assert result.exit_code == 0, result.output
+    for name in ("summary.csv", "flips.csv", "split.json"):
+        assert (first / name).read_text() == (second / name).read_text(), name
+
+
+def test_reproduce_without_data_says_what_is_needed(tmp_path, monkeypatch):
+    monkeypatch.delenv("PATCHFINDER_DATA", raising=False)
+    result = run_cli("reproduce", "train-patch")
+    assert result.exit_code == 2
+    assert "tiny-imagenet-targets" in result.output and "rangeetpan/IMagenet" in result.output
+    result = run_cli("reproduce", "no-such-experiment", "--data", str(tmp_path))
+    assert result.exit_code == 2 and "train-patch" in result.output
+    result = run_cli("reproduce")
+    assert result.exit_code == 2 and "--list" in result.output
+
+
+def test_reproduce_lists_the_experiments():
+    result = run_cli("reproduce", "--list")
+    assert result.exit_code == 0, result.output
+    for name in SHIPPED:
+        assert name in result.output
+
+
+def test_data_commands_list_and_check_their_arguments(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from patchfinder import cli
+
+    monkeypatch.setattr(cli, "console", Console(width=300))  # one line per row
+    (tmp_path / "nips17-dev").mkdir()  # a folder without its labels is not a copy
+    result = run_cli("data", "list", "--root", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "│" in line]
+    for dataset in DATASETS.values():
+        (row,) = [row for row in rows if f"│ {dataset.name} " in row]
+        assert dataset.source in row and "│ no " in row
+    result = run_cli("data", "fetch", "imagenet-samples", "--root", str(tmp_path), "--url", "x")
+    assert result.exit_code == 2 and "NAME=URL" in result.output
+    result = run_cli("data", "fetch", "imagenet-sample", "--root", str(tmp_path))
+    assert result.exit_code == 2 and "imagenet-samples" in result.output
