@@ -23,6 +23,7 @@ The config (TOML; checks are numbered from 0 in messages, `checks[2]` is the thi
     sizes = [0.4]
     placements = "corners"
     seed = 0
+    max_images = 100                 # optional: a seeded subset of the eligible photos
     limits = { best_rate = 0.9, fixed_rate = 0.8, tolerance = 0.05, min_n = 1 }
 
     [[checks]]
@@ -90,7 +91,9 @@ JSON_FORMAT = "patchfinder-audit/1"
 
 _TOP_KEYS = ("model", "defaults", "checks")
 _MODEL_KEYS = ("name", "weights", "labels", "preprocess")
-_CHECK_KEYS = ("name", "pair", "images", "patches", "sizes", "placements", "seed", "limits")
+_CHECK_KEYS = (
+    "name", "pair", "images", "patches", "sizes", "placements", "seed", "max_images", "limits",
+)  # fmt: skip
 _DEFAULT_KEYS = tuple(key for key in _CHECK_KEYS if key not in ("name", "pair"))
 _LIMIT_KEYS = ("best_rate", "fixed_rate", "tolerance", "min_n")
 _EPSILON = 1e-9  # rates are ratios of counts: a rate equal to its limit passes
@@ -130,6 +133,7 @@ class Check:
         images: files, folders or labels files, resolved and globbed.
         patches: patch files or folders, resolved and globbed.
         sizes, placements, seed: the pasting settings (`evaluate.evaluate_patches`).
+        max_images: measure a seeded subset of at most this many eligible images (None: all).
         limits: what the check allows.
     """
 
@@ -140,6 +144,7 @@ class Check:
     sizes: tuple[float, ...] = DEFAULT_SIZES
     placements: str = "corners"
     seed: int = 0
+    max_images: int | None = None
     limits: Limits = field(default_factory=Limits)
 
 
@@ -279,6 +284,9 @@ def _check(
     sizes = check_sizes(merged.get("sizes", list(DEFAULT_SIZES)), at("sizes"), problems)
     placements = check_placements(merged.get("placements", "corners"), at("placements"), problems)
     seed = check_whole(merged.get("seed", 0), at("seed"), problems)
+    max_images = merged.get("max_images")
+    if max_images is not None:
+        max_images = check_whole(max_images, at("max_images"), problems, minimum=1)
     limits = merged.get("limits", {})
     if not isinstance(limits, dict):
         problems.append(f"{at('limits')}: expected a table of limits; Received {limits!r}")
@@ -308,6 +316,7 @@ def _check(
         sizes=sizes,
         placements=placements,
         seed=seed,
+        max_images=max_images,
         limits=checked_limits,
     )
 
@@ -432,6 +441,7 @@ class CheckResult:
             "sizes": list(self.check.sizes),
             "placements": self.check.placements,
             "seed": self.check.seed,
+            "max_images": self.check.max_images,
         }
 
 
@@ -474,7 +484,8 @@ def run_audit(
 
         evaluation, table = measure(
             model, images, pair, patches, sizes=check.sizes,
-            placement=parse_placements(check.placements), seed=check.seed, progress=report,
+            placement=parse_placements(check.placements), seed=check.seed,
+            max_images=check.max_images, progress=report,
         )  # fmt: skip
         rows = tuple(map(PatchRates.from_row, table.summary().to_dict("records")))
         results.append(

@@ -685,9 +685,12 @@ def audit(
             write_text(junit, to_junit_xml(result, verdict))
         if update_baseline and baseline is not None and verdict.passed:
             write_text(baseline, text)
-            err.print(f"baseline written to {baseline}", highlight=False)
+            err.print(f"baseline written to {baseline}", highlight=False, soft_wrap=True)
         elif update_baseline:
-            err.print(f"[yellow]baseline {baseline} not updated: a check failed its limits[/]")
+            err.print(
+                f"[yellow]baseline {baseline} not updated: a check failed its limits[/]",
+                soft_wrap=True,
+            )
         summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary_file:
             with open(summary_file, "a", encoding="utf-8") as handle:

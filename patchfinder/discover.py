@@ -332,9 +332,13 @@ def measure(
     sizes: Sequence[float] = DEFAULT_SIZES,
     placement: Placement = Corners(),  # noqa: B008 (a frozen value)
     seed: int = 0,
+    max_images: int | None = None,
     progress: Progress | None = None,
 ) -> tuple[EligibleImages, FlipTable]:
     """Flip rates of given patches on the src images of `images` that the model gets right
-    (no discovery, no split): what `patchfinder evaluate` and an audit run."""
+    (no discovery, no split): what `patchfinder evaluate` and an audit run. With
+    `max_images`, a seeded subset of at most that many of those images is measured."""
     evaluation = eligible(model, images.filter([pair.src]), pair)
+    if max_images is not None:
+        evaluation = _subset(evaluation, max_images, seed)
     return evaluation, _evaluate(model, evaluation, patches, pair, sizes, placement, seed, progress)

@@ -155,6 +155,20 @@ def test_passes_under_its_limits_with_the_same_numbers_every_run(env, tmp_path):
     assert "| red-patch |" in result.stdout and "patchfinder audit passed" in result.stdout
 
 
+def test_max_images_measures_a_seeded_subset(env, tmp_path):
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace("sizes = [0.5]", "sizes = [0.5]\nmax_images = 4"))
+    runs = [tmp_path / "a.json", tmp_path / "b.json"]
+    for out in runs:
+        result = run_cli("audit", str(config), "--json", str(out))
+        assert result.exit_code == 0, result.output
+    assert numbers(runs[0]) == numbers(runs[1])
+    red, _ = json.loads(runs[0].read_text())["checks"]
+    assert red["n"] == 4 and red["n_candidates"] == 11 and red["settings"]["max_images"] == 4
+    # 6 of the 10 eligible photos flip: a subset of 4 flips between 0 and 4 of them.
+    assert red["best_rate"] in {0.0, 0.25, 0.5, 0.75, 1.0}
+
+
 def test_a_check_over_its_limit_fails_and_every_report_says_why(env, tmp_path, monkeypatch):
     summary = tmp_path / "step-summary.md"
     summary.write_text("earlier step\n")
@@ -302,6 +316,7 @@ CONFIG_PROBLEMS = {
     "limit not a rate": ("limits = { best_rate = 2 }", "checks[0].limits.best_rate: expected a"),
     "no src photos": ('images = "photos/grey-0.png"', "no image labelled plain among the 1 images"),
     "same class twice": ('pair = "plain:plain"', "checks[0].pair: the pair's classes must differ"),
+    "max_images zero": ("max_images = 0", "checks[0].max_images: expected a whole number >= 1"),
 }
 
 
