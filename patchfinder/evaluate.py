@@ -468,9 +468,10 @@ def screen(
 
     Every proposal is pasted at every size and position on the screening images
     (`evaluate_patches`) and ranked by best rate (images flipped by at least one setting),
-    then fixed rate (the single best setting), then attribution, then input order: the same
-    inputs give the same ranking. Screening images must not be the evaluation images: the
-    chosen patches are then reported on images they were not chosen on.
+    then fixed rate (the single best setting), then the largest mean rise of p(dst) over the
+    settings, then attribution, then input order: the same inputs give the same ranking.
+    Screening images must not be the evaluation images: the chosen patches are then reported
+    on images they were not chosen on.
 
     Args:
         model, pair: the classifier and the pair (a flip is top-1 == dst).
@@ -485,7 +486,7 @@ def screen(
         raise ValueError(f"top_k must be at least 1; Received: top_k={top_k}")
     if not proposals:
         return []
-    table = evaluate_patches(
+    measured = evaluate_patches(
         model,
         eligible_screening,
         [proposal.patch for proposal in proposals],
@@ -495,11 +496,16 @@ def screen(
         seed=seed,
         batch_size=batch_size,
         progress=progress,
-    ).summary()  # one row per proposal, in order
+    )
+    table = measured.summary()  # one row per proposal, in order
     best = np.nan_to_num(table["best_rate"].to_numpy(np.float64), nan=-1.0)  # n = 0: last
     fixed = np.nan_to_num(table["fixed_rate"].to_numpy(np.float64), nan=-1.0)
+    # Few screening images flip, so whole-image rates tie often; the rise of p(dst) still
+    # tells a patch that nearly flips them from one that does nothing.
+    lift = measured.long().groupby("patch", sort=False)["mean_delta_p"].max()
+    lift = np.nan_to_num(lift.reindex(table["patch"]).to_numpy(np.float64), nan=-1.0)
     attribution = np.asarray([p.attribution for p in proposals], dtype=np.float64)
-    order = np.lexsort((np.arange(len(proposals)), -attribution, -fixed, -best))[:top_k]
+    order = np.lexsort((np.arange(len(proposals)), -attribution, -lift, -fixed, -best))[:top_k]
     return [
         dataclasses.replace(
             proposals[i],

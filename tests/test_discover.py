@@ -62,8 +62,10 @@ def test_discover_writes_everything_with_a_disjoint_split(world, tmp_path, monke
     summary = pd.read_csv(out / "summary.csv")
     assert {"discovered", "noise", "random-crop", "optimized"} <= set(summary["kind"])
     split = json.loads((out / "split.json").read_text())
-    parts = [set(v) for k, v in split.items() if isinstance(v, list)]
-    assert len(parts) == 2 and not parts[0] & parts[1]
+    assert split["screening"] and split["evaluation"]
+    assert not set(split["screening"]) & set(split["evaluation"])
+    assert set(split["screening_eligible"]) <= set(split["screening"])
+    assert set(split["evaluated"]) <= set(split["evaluation"])
     provenance = json.loads((out / "provenance.json").read_text())
     # Every patch is measured on the evaluation part only, on images the model gets right.
     assert (summary["n"] == provenance["n_evaluation"]).all()

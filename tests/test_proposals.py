@@ -358,6 +358,12 @@ def test_screen_keeps_the_top_k_by_flip_rate(redness, bluish_images):
     assert [p.patch.name for p in screen(redness, tied, screening, pair, top_k=2)] == [
         "red-b", "red-a"
     ]  # fmt: skip
+    # With no flips at all, the patch that raises p(dst) more ranks first, whatever its
+    # attribution: a faint tint is no flip but a step toward one.
+    faint = [flat("grey", (128, 128, 128), 9.0), flat("tint", (150, 120, 120), 1.0)]
+    kept = screen(redness, faint, screening, pair, top_k=2, sizes=(0.2,))
+    assert [p.screening_rate for p in kept] == [0.0, 0.0]
+    assert [p.patch.name for p in kept] == ["tint", "grey"]
 
 
 def mean_log_p_dst(model, screening, pair, patch: Patch) -> float:
