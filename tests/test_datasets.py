@@ -523,3 +523,22 @@ def test_article_conversion_reproduces_the_shared_copy(data_root, tmp_path):
     assert without_source(fetched / "originals" / "labels.csv") == without_source(
         shared / "originals" / "labels.csv"
     )
+
+
+def test_the_fetch_command_fills_a_data_root_from_a_local_archive(tmp_path):
+    from conftest import run_cli
+
+    url = _github_tar(tmp_path, "activation-atlas-article", _article_files())
+    root = tmp_path / "data"
+    args = ["data", "fetch", "activation-atlas-article", "--root", str(root)]
+    result = run_cli(*args, "--url", f"activation-atlas-article={url}")
+    assert result.exit_code == 0, result.output
+    assert "37/37 images" in result.output and "fetched" in result.output
+    assert len(_rows(root / "activation-atlas-article" / "patches" / "patches.csv")) == 31
+    result = run_cli(*args)  # present and sound: skipped, nothing downloaded
+    assert result.exit_code == 0 and "skipped" in result.output
+    gone = (tmp_path / "nothing.tar.gz").as_uri()
+    result = run_cli(
+        "data", "fetch", "nips17-dev", "--root", str(root), "--url", f"nips17-dev={gone}"
+    )
+    assert result.exit_code == 2 and "nothing.tar.gz" in result.output
