@@ -70,8 +70,16 @@ from patchfinder.proposals import read_patches
 from patchfinder.report import percent, write_discovery
 from patchfinder.types import ClassPair
 
-#: Where the experiment files live in a checkout (`patchfinder reproduce --list` reads it).
+#: The experiment files of the checkout this package runs from (an editable install).
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def experiments_dir() -> Path:
+    """Where experiments are looked up by name: `./experiments` when it exists (a clone's,
+    run from its root: `pip install .` copies the package but not the experiment files),
+    else the checkout's `EXPERIMENTS_DIR`."""
+    here = Path.cwd() / "experiments"
+    return here if here.is_dir() else EXPERIMENTS_DIR
 
 _TOP_KEYS = ("name", "title", "pair", "data", "evaluation", "discovery", "article")
 _DATA_KEYS = ("pool", "images", "patches", "noise")
@@ -144,9 +152,10 @@ class Experiment:
         return found
 
 
-def list_experiments(folder: str | Path = EXPERIMENTS_DIR) -> list[Experiment]:
-    """Every experiment file (`*.toml` with a `[article]` table) in `folder`, by name."""
-    folder = Path(folder)
+def list_experiments(folder: str | Path | None = None) -> list[Experiment]:
+    """Every experiment file (`*.toml` with an `[article]` table) in `folder` (default:
+    `experiments_dir()`), by name."""
+    folder = Path(folder) if folder is not None else experiments_dir()
     files = sorted(folder.glob("*.toml")) if folder.is_dir() else []
     found = []
     for file in files:
@@ -155,8 +164,9 @@ def list_experiments(folder: str | Path = EXPERIMENTS_DIR) -> list[Experiment]:
     return sorted(found, key=lambda experiment: experiment.name)
 
 
-def load_experiment(name: str | Path, folder: str | Path = EXPERIMENTS_DIR) -> Experiment:
-    """An experiment by name (`folder/<name>.toml`) or by the path of its TOML file.
+def load_experiment(name: str | Path, folder: str | Path | None = None) -> Experiment:
+    """An experiment by name (`<folder>/<name>.toml`, default `experiments_dir()`) or by the
+    path of its TOML file.
 
     Raises:
         ValueError: an unknown name (listing the known ones); ConfigError: a bad file.
@@ -164,7 +174,8 @@ def load_experiment(name: str | Path, folder: str | Path = EXPERIMENTS_DIR) -> E
     path = Path(name)
     if path.suffix == ".toml" or path.is_file():
         return read_experiment(path)
-    file = Path(folder) / f"{name}.toml"
+    folder = Path(folder) if folder is not None else experiments_dir()
+    file = folder / f"{name}.toml"
     if not file.is_file():
         known = ", ".join(e.name for e in list_experiments(folder)) or "none"
         raise ValueError(f"Unknown experiment {str(name)!r}; known in {folder}: {known}")

@@ -85,6 +85,18 @@ def test_the_shipped_experiments_find_their_data(data_root):
         assert [p.name for p in experiment.paths("noise", data_root)] == ["random.png"]
 
 
+def test_experiments_are_found_in_the_working_folder_first(tmp_path, monkeypatch):
+    # `pip install .` copies the package, not experiments/: a clone's root must serve.
+    (tmp_path / "experiments").mkdir()
+    shutil.copy(EXPERIMENTS_DIR / "noodles-wok.toml", tmp_path / "experiments" / "mine.toml")
+    (tmp_path / "experiments" / "notes.toml").write_text('title = "no [article]: not listed"\n')
+    monkeypatch.chdir(tmp_path)
+    assert [e.name for e in list_experiments()] == ["noodles-wok"]
+    assert load_experiment("mine").file == tmp_path / "experiments" / "mine.toml"
+    monkeypatch.chdir(tmp_path / "experiments")
+    assert [e.name for e in list_experiments()] == list(SHIPPED)
+
+
 def test_an_unknown_experiment_lists_the_known_ones():
     with pytest.raises(ValueError, match="baseball-whale, noodles-wok, train-patch"):
         load_experiment("train-patches")
