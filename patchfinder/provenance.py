@@ -29,8 +29,16 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
 
 def git_commit(folder: Path | None = None) -> str:
     """The commit of the source tree patchfinder runs from, with `-dirty` when it has
-    uncommitted changes; "unknown" outside a git checkout."""
-    folder = folder or Path(__file__).resolve().parent
+    uncommitted changes; "unknown" outside a git checkout. An installed copy (`pip install
+    .`) is no checkout: then a patchfinder clone in the working folder is asked instead."""
+    if folder is None:
+        folder = Path(__file__).resolve().parent
+        clone = Path.cwd()
+        if (
+            not (folder.parent / ".git").exists()
+            and (clone / "patchfinder" / "__init__.py").is_file()
+        ):
+            folder = clone
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True
