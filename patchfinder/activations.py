@@ -125,6 +125,49 @@ def attribute(
     )
 
 
+def pair_direction(
+    model: Classifier,
+    images: np.ndarray,
+    pair: ClassPair,
+    *,
+    layer: str | None = None,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """The activation direction that pushes src images toward dst: the gradient of
+    logit[dst] - logit[src] with respect to the activations at `layer`, averaged over the
+    images and every position.
+
+    A patch pasted onto a src image replaces that image's activations under it; to first
+    order the pair's logit difference then changes by this gradient dotted with the new
+    activations (less the old ones, which the patch does not choose). So `vectors @ direction`
+    ranks sampled vectors by what their feature would do *on src photos*, where the pair
+    attribution of `attribute` says what it did in its own image.
+
+    Args:
+        images: float32 (B, S, S, 3) src photos in 0..255 (e.g. the screening images).
+    Returns:
+        float32 (D,) direction; zeros when `images` is empty.
+    """
+    layer = model.resolve_layer(layer)
+    _check_pair(pair, len(model.classes))
+    total, count = None, 0
+    for start in range(0, len(images), batch_size):
+        batch = tf.convert_to_tensor(images[start : start + batch_size], tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(batch)  # records every op, whatever the backend holds as variables
+            acts, logits = model.activations(batch, layer)  # (B, h, w, D), (B, K)
+            _check_spatial(acts, model, layer)
+            tape.watch(acts)
+            difference = tf.reduce_sum(logits[:, pair.dst.index] - logits[:, pair.src.index])
+        gradient = tape.gradient(difference, acts)  # (B, h, w, D)
+        summed = tf.reduce_sum(gradient, axis=(0, 1, 2)).numpy().astype(np.float64)
+        total = summed if total is None else total + summed
+        count += int(np.prod(gradient.shape[:3]))
+    if total is None:
+        return np.zeros(0, np.float32)
+    return (total / count).astype(np.float32)
+
+
 def _check_pair(pair: ClassPair, num_classes: int) -> None:
     for cls in (pair.src, pair.dst):
         if not 0 <= cls.index < num_classes:

@@ -389,6 +389,13 @@ PlacementsOption = Annotated[
     typer.Option(help="Where patches go: corners, centre, grid:N, random:N, corners@0,90, a+b."),
 ]
 SeedOption = Annotated[int, typer.Option(help="Seed for every random choice of the run.")]
+RankByOption = Annotated[
+    str,
+    typer.Option(
+        help="Rank the atlas's vectors to crop by 'transfer' (their effect on the src photos) "
+        "or 'attribution' (in their own images)."
+    ),
+]
 
 
 def _sizes(text: str) -> tuple[float, ...]:
@@ -423,6 +430,7 @@ def propose(
     atlas_dir: Annotated[Path, typer.Option("--atlas", help="A folder written by `atlas`.")],
     out: Annotated[Path, typer.Option(help="Output folder for the patches.")] = Path("proposals"),
     top_k: Annotated[int, typer.Option(min=1, help="How many proposals to keep.")] = 10,
+    rank_by: RankByOption = "attribution",
     images: Annotated[
         list[Path] | None,
         typer.Option("--images", help="src photos to screen the proposals on (optional)."),
@@ -457,7 +465,7 @@ def propose(
             )
         with _stages(0) as report:
             proposals = run_propose(
-                classifier, result, samples, screening, result.pair, top_k=top_k,
+                classifier, result, samples, screening, result.pair, top_k=top_k, rank_by=rank_by,
                 sizes=_sizes(sizes), placement=parse_placements(placements), seed=seed,
                 progress=report,
             )  # fmt: skip
@@ -563,6 +571,7 @@ def discover(
         typer.Option("--patches", help="Given patches to evaluate beside the discovered ones."),
     ] = None,
     top_k: Annotated[int, typer.Option(min=1, help="Discovered patches to keep.")] = 10,
+    rank_by: RankByOption = "attribution",
     samples_per_image: Annotated[int, typer.Option(min=1)] = 16,
     grid: Annotated[int, typer.Option(min=2)] = 20,
     sizes: SizesOption = "0.2,0.3,0.4,0.5",
@@ -594,6 +603,7 @@ def discover(
                 classifier, find_images(pool, classes=classifier.classes),
                 find_images(images, classes=classifier.classes), class_pair, given=given,
                 layer=layer, samples_per_image=samples_per_image, grid=grid, top_k=top_k,
+                rank_by=rank_by,
                 sizes=chosen_sizes, placement=placement, random_count=random_crops,
                 optimize_steps=optimize_steps, seed=seed, progress=report,
             )  # fmt: skip
@@ -603,7 +613,7 @@ def discover(
                 "pair": str(class_pair), "pool": [str(p) for p in pool],
                 "images": [str(p) for p in images],
                 "patches": [str(p) for p in patches or []], "sizes": list(chosen_sizes),
-                "placements": str(placement), "top_k": top_k, "seed": seed,
+                "placements": str(placement), "top_k": top_k, "rank_by": rank_by, "seed": seed,
                 "samples_per_image": samples_per_image, "grid": grid,
                 "random_crops": random_crops, "optimize_steps": optimize_steps,
                 "n_evaluation": len(result.evaluation), "n_screening": len(result.screening),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from patchfinder.activations import collect
+from patchfinder.activations import collect, pair_direction
 from patchfinder.atlas import Atlas, build_atlas
 from patchfinder.data import ImageSet, LoadSummary
 from patchfinder.evaluate import (
@@ -36,6 +36,8 @@ from patchfinder.proposals import (
 )
 from patchfinder.types import ActivationSamples, ClassPair, Patch, Proposal
 
+#: How `propose` ranks the atlas's vectors for cropping.
+RANKINGS = ("attribution", "transfer")
 #: progress(stage, done, total): one bar per stage in the CLI.
 Progress = Callable[[str, int, int], None]
 
@@ -102,6 +104,7 @@ def propose(
     sizes: Sequence[float] = DEFAULT_SIZES,
     placement: Placement = Corners(),  # noqa: B008 (a frozen value)
     max_screening: int = 32,
+    rank_by: str = "attribution",
     seed: int = 0,
     progress: Progress | None = None,
 ) -> list[Proposal]:
@@ -112,10 +115,25 @@ def propose(
     to find *other* classes' features that push src toward dst. Without screening images the
     `top_k` highest-attribution crops are returned unscreened. Screening uses at most
     `max_screening` images: it ranks candidates, so it needs fewer images than evaluation.
+
+    `rank_by` picks the cells and vectors to crop: "attribution" by their pair attribution
+    in their own images (the atlas's colouring); "transfer" by their dot product with
+    `pair_direction` on the screening images, what the feature would do pasted onto src
+    photos (needs screening images; without them attribution is used).
     """
+    if rank_by not in RANKINGS:
+        raise ValueError(f"rank_by must be one of {', '.join(RANKINGS)}; Received: {rank_by!r}")
+    scores = None
+    if rank_by == "transfer" and screening is not None and len(screening):
+        direction = pair_direction(model, screening.images, pair, layer=atlas.layer)  # (D,)
+        scores = np.asarray(samples.vectors, np.float64) @ direction  # (N,)
     crops = deduplicate(
         candidate_crops(
-            atlas, samples, exclude_classes=[pair.src.index, pair.dst.index], classes=model.classes
+            atlas,
+            samples,
+            exclude_classes=[pair.src.index, pair.dst.index],
+            classes=model.classes,
+            scores=scores,
         )
     )
     if screening is None or len(screening) == 0:
@@ -229,6 +247,7 @@ def discover(
     placement: Placement = Corners(),  # noqa: B008 (a frozen value)
     screening_fraction: float = 0.5,
     max_evaluation: int | None = None,
+    rank_by: str = "attribution",
     random_count: int = 5,
     optimize_steps: int = 100,
     seed: int = 0,
@@ -272,6 +291,7 @@ def discover(
         top_k=top_k,
         sizes=sizes,
         placement=placement,
+        rank_by=rank_by,
         seed=seed,
         progress=progress,
     )

@@ -62,7 +62,7 @@ from patchfinder.config import (
 )
 from patchfinder.data import find_images
 from patchfinder.datasets import DATASETS
-from patchfinder.discover import Discovery, Progress, discover
+from patchfinder.discover import RANKINGS, Discovery, Progress, discover
 from patchfinder.labels import imagenet
 from patchfinder.model import Classifier
 from patchfinder.paste import parse_placements
@@ -81,10 +81,13 @@ def experiments_dir() -> Path:
     here = Path.cwd() / "experiments"
     return here if here.is_dir() else EXPERIMENTS_DIR
 
+
 _TOP_KEYS = ("name", "title", "pair", "data", "evaluation", "discovery", "article")
 _DATA_KEYS = ("pool", "images", "patches", "noise")
 _EVALUATION_KEYS = ("sizes", "placements", "seed", "screening_fraction", "max_evaluation")
-_DISCOVERY_KEYS = ("layer", "top_k", "samples_per_image", "grid", "random_crops", "optimize_steps")
+_DISCOVERY_KEYS = (
+    "layer", "top_k", "samples_per_image", "grid", "random_crops", "optimize_steps", "rank_by",
+)  # fmt: skip
 _ARTICLE_KEYS = (
     "model", "data", "n", "best_rate", "fixed_rate", "noise_best_rate", "noise_fixed_rate",
 )  # fmt: skip
@@ -246,6 +249,11 @@ def read_experiment(path: str | Path) -> Experiment:
         if key == "layer":
             if not isinstance(value, str) or not value:
                 problems.append(f"discovery.layer: expected a layer name; Received {value!r}")
+        elif key == "rank_by":
+            if value not in RANKINGS:
+                problems.append(
+                    f"discovery.rank_by: expected one of {', '.join(RANKINGS)}; Received {value!r}"
+                )
         else:
             check_whole(value, f"discovery.{key}", problems, minimum=0)
     article = _published(sections["article"], problems)

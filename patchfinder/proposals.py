@@ -99,16 +99,17 @@ def _letters(rank: int) -> str:
 def _pick_members(
     cell: Cell,
     samples: ActivationSamples,
+    score: np.ndarray,
     excluded: np.ndarray,
     *,
     per_cell: int,
     prefer_other_classes: bool,
 ) -> np.ndarray:
-    """Up to `per_cell` of the cell's dst-favouring members, best first, one per image."""
+    """Up to `per_cell` of the cell's dst-favouring members (`score` > 0), best first, one
+    per image."""
     members = np.asarray(cell.members, dtype=np.int64)
-    attribution = samples.pair_attribution[members]
-    members = members[attribution > 0]  # a member pushing toward src is no candidate
-    order = members[np.lexsort((members, -samples.pair_attribution[members]))]  # best first
+    members = members[score[members] > 0]  # a member pushing toward src is no candidate
+    order = members[np.lexsort((members, -score[members]))]  # best first
     if prefer_other_classes and np.any(~excluded[order]):
         order = order[~excluded[order]]  # src/dst images only where a cell has nothing else
     _, first = np.unique(samples.image[order], return_index=True)  # each image's best vector
@@ -126,20 +127,24 @@ def candidate_crops(
     exclude_classes: Sequence[int] = (),
     prefer_other_classes: bool = True,
     classes: ClassList | None = None,
+    scores: np.ndarray | None = None,
 ) -> list[Proposal]:
     """Natural crops around the vectors of the cells that most favour the pair's dst.
 
-    The `top_cells` cells with the highest positive mean attribution (`rank_cells`); in each,
-    the members with the highest positive pair attribution, at most one per image and
-    `per_cell` in all. A member's image is "other" when neither its label nor its prediction
-    is in `exclude_classes` (the caller passes [src, dst]): with `prefer_other_classes`, a
-    cell's src/dst images are used only when it has no other-class candidate, because the
-    article's point is that *another* class's features flip the prediction. Each crop is
-    centred on the member's receptive field, `context` times its side (see `crop_boxes`).
-    The default, half the side, keeps the crop local: a deep layer's effective receptive
-    field spans most of the input (~200 of 224 px at EfficientNet-Lite0's block6d), so a
-    wider crop is the whole photo rather than the feature the cell stands for, and the
-    crops' sides (~0.2-0.5 of the input) match the sizes they are pasted at.
+    Vectors are ranked by `scores` (default: their pair attribution, as the atlas shows it;
+    `vectors @ activations.pair_direction(...)` ranks them by their effect on src photos).
+    The `top_cells` cells with the highest positive mean score; in each, the members with
+    the highest positive score, at most one per image and `per_cell` in all. A member's
+    image is "other" when neither its label nor its prediction is in `exclude_classes` (the
+    caller passes [src, dst]): with `prefer_other_classes`, a cell's src/dst images are used
+    only when it has no other-class candidate, because the article's point is that *another*
+    class's features flip the prediction.
+
+    Each crop is centred on the member's receptive field, `context` times its side (see
+    `crop_boxes`). The default, half the side, keeps the crop local: a deep layer's
+    effective receptive field spans most of the input (~200 of 224 px at EfficientNet-Lite0's
+    block6d), so a wider crop is the whole photo rather than the feature the cell stands
+    for, and the crops' sides (~0.2-0.5 of the input) match the sizes they are pasted at.
 
     Each source image is decoded once. An image that fails to decode is logged and skipped.
 
@@ -155,6 +160,7 @@ def candidate_crops(
         prefer_other_classes: use src/dst images only where a cell has no others.
         classes: names for `source_class`; None: the pair's names for src and dst labels,
             the class index as text for others, "" for unlabelled images.
+        scores: float (N,) per-vector scores to rank by; None: `samples.pair_attribution`.
     Returns:
         Unscreened proposals (kind "discovered", named `cell<x>-<y>-<rank letter>`), by cell
         rank then attribution, best first; `screening_rate` is nan.
@@ -171,7 +177,19 @@ def candidate_crops(
         raise ValueError(f"context must be positive; Received: context={context}")
     exclude = np.asarray(list(exclude_classes), dtype=np.int64)
     excluded = np.isin(samples.label, exclude) | np.isin(samples.prediction, exclude)  # (N,)
-    cells = [cell for cell in rank_cells(atlas.cells) if cell.attribution > 0][:top_cells]
+    if scores is None:
+        score = np.asarray(samples.pair_attribution, dtype=np.float64)
+        cells = [cell for cell in rank_cells(atlas.cells) if cell.attribution > 0]
+    else:
+        score = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if len(score) != len(samples):
+            raise ValueError(
+                f"scores must have one value per sample ({len(samples)}); Received: {len(score)}"
+            )
+        means = {id(cell): float(score[list(cell.members)].mean()) for cell in atlas.cells}
+        ranked = sorted(atlas.cells, key=lambda cell: (-means[id(cell)], -cell.count))
+        cells = [cell for cell in ranked if means[id(cell)] > 0]
+    cells = cells[:top_cells]
     picks = [
         (cell, rank, int(index))
         for cell in cells
@@ -179,6 +197,7 @@ def candidate_crops(
             _pick_members(
                 cell,
                 samples,
+                score,
                 excluded,
                 per_cell=per_cell,
                 prefer_other_classes=prefer_other_classes,

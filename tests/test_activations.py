@@ -17,6 +17,7 @@ from patchfinder.activations import (
     cache_key,
     collect,
     interior,
+    pair_direction,
     receptive_field,
     sample_positions,
 )
@@ -129,6 +130,20 @@ def test_attribution_equals_the_closed_form_of_a_pooled_linear_readout(pool, tmp
     rows = [index_of[samples.files[i]] for i in samples.image]
     np.testing.assert_array_equal(samples.class_ids, ranking[rows])
     np.testing.assert_array_equal(samples.prediction, ranking[rows, 0])
+
+
+def test_pair_direction_is_the_readout_difference_of_a_pooled_linear_model(rng):
+    linear = classifier(pooled_linear_model(), layers=("feat",))
+    weights = linear.model.get_layer("logits").get_weights()[0]  # (D, K)
+    images = rng.uniform(0, 255, (5, SIZE, SIZE, 3)).astype(np.float32)
+    # d logit_k / d a[p] = W[:, k] / (h w) at every position of every image.
+    expected = (weights[:, PAIR.dst.index] - weights[:, PAIR.src.index]) / (SIZE // 2) ** 2
+    for batch_size in (2, 5):
+        direction = pair_direction(linear, images, PAIR, batch_size=batch_size)
+        np.testing.assert_allclose(direction, expected, rtol=1e-5, atol=1e-7)
+    flipped = pair_direction(linear, images, ClassPair(PAIR.dst, PAIR.src))
+    np.testing.assert_allclose(flipped, -expected, rtol=1e-5, atol=1e-7)
+    assert pair_direction(linear, images[:0], PAIR).shape == (0,)
 
 
 def test_reversed_pair_negates_the_attribution(model, rng):

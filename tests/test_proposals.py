@@ -144,6 +144,21 @@ def test_crops_come_from_the_top_dst_cells_preferring_other_classes(atlas_and_sa
     assert all(p.patch.kind == "discovered" and np.isnan(p.screening_rate) for p in found)
 
 
+def test_scores_replace_the_attribution_for_cells_and_members(atlas_and_samples):
+    atlas, samples = atlas_and_samples
+    # Reverse the ranking: what pushed most toward src now scores highest, and vice versa.
+    scores = -np.asarray(samples.pair_attribution, dtype=np.float64)
+    found = candidate_crops(atlas, samples, top_cells=1, per_cell=9, scores=scores)
+    by_score = [c for c in atlas.cells if scores[list(c.members)].mean() > 0]
+    best = max(by_score, key=lambda c: scores[list(c.members)].mean())
+    assert {p.cell for p in found} == {(best.x, best.y)} != {(0, 0)}
+    kept = [scores[i] for i in best.members if scores[i] > 0]
+    assert len(found) == len({int(samples.image[i]) for i in best.members if scores[i] > 0})
+    assert all(p.attribution < 0 for p in found) and kept  # provenance keeps the attribution
+    with pytest.raises(ValueError, match="one value per sample"):
+        candidate_crops(atlas, samples, scores=scores[:3])
+
+
 #: Cell (0, 0)'s dst-favouring vectors, one per image, best first.
 ALL_OF_CELL_00 = [((0, 0), 0, 4.0), ((0, 0), 4, 3.5), ((0, 0), 2, 3.0), ((0, 0), 3, 2.0)]
 ALL_OF_CELL_00 += [((0, 0), 5, 1.0)]
