@@ -31,6 +31,7 @@ from patchfinder.audit import (
     PatchRates,
     compare,
     load_config,
+    run_audit,
 )
 from patchfinder.stats import wilson_interval
 
@@ -411,3 +412,36 @@ def test_verdicts(best, fixed, n, limits, before, failing):
 def test_a_check_missing_from_the_baseline_is_noted_not_failed():
     verdict = compare(measured(6, 6, 10, Limits()), {"other": Baseline(0.0, 0.0, 10)})
     assert verdict.passed and verdict.outcomes[0].notes == ("no baseline for this check yet",)
+
+
+# --- the shipped example on the shared data --------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_example_config_passes_and_fails_below_its_measured_rate(data_root, monkeypatch):
+    """`experiments/audit-example.toml` on the real model and photos (~5 min on 2 cores):
+    within its limits; the same numbers fail once a limit is set below a measured rate."""
+    import dataclasses
+
+    from patchfinder.model import load_model
+
+    monkeypatch.setenv("PATCHFINDER_DATA", str(data_root))
+    config = load_config(Path(__file__).parents[1] / "experiments" / "audit-example.toml")
+    result = run_audit(config, model=load_model(config.model.name))
+    assert compare(result).exit_status == audit.PASSED
+    snorkel = next(check for check in result.checks if check.check.name == "snorkel-train")
+    assert snorkel.n == 100 and snorkel.best.best_rate > 0.1  # the train patches do flip some
+    lowered = dataclasses.replace(
+        snorkel.check,
+        limits=dataclasses.replace(snorkel.check.limits, best_rate=snorkel.best.best_rate - 0.01),
+    )
+    failing = dataclasses.replace(
+        result,
+        checks=tuple(
+            dataclasses.replace(check, check=lowered) if check is snorkel else check
+            for check in result.checks
+        ),
+    )
+    verdict = compare(failing)
+    assert verdict.exit_status == audit.FAILED
+    assert [o.name for o in verdict.outcomes if o.failures] == ["snorkel-train"]
