@@ -245,7 +245,7 @@ def expand_multi_values(args: Sequence[str]) -> list[str]:
 
 
 @contextmanager
-def _stages(total_images: int) -> Iterator[Callable[[str, int, int], None]]:
+def _stages() -> Iterator[Callable[[str, int, int], None]]:
     """Progress bars per stage on stderr; yields `report(stage, done, total)`."""
     columns = (
         TextColumn("{task.description:<12}"),
@@ -314,7 +314,7 @@ def atlas(
         chosen = classifier.resolve_layer(layer)
         summary = LoadSummary()
         start, commit = time.perf_counter(), git_commit()
-        with _stages(len(pool)) as report:
+        with _stages() as report:
             samples, result = pair_atlas(
                 classifier,
                 pool,
@@ -463,7 +463,7 @@ def propose(
             screening = eligible(
                 classifier, find_images(images).filter([result.pair.src]), result.pair
             )
-        with _stages(0) as report:
+        with _stages() as report:
             proposals = run_propose(
                 classifier, result, samples, screening, result.pair, top_k=top_k, rank_by=rank_by,
                 sizes=_sizes(sizes), placement=parse_placements(placements), seed=seed,
@@ -521,7 +521,7 @@ def evaluate(
             rng = np.random.default_rng(seed)
             given.append(noise_patch(classifier.input_size // 4, rng=rng))
         start, commit = time.perf_counter(), git_commit()
-        with _stages(0) as report:
+        with _stages() as report:
             evaluation, table = measure(
                 classifier, find_images(images, classes=classifier.classes), class_pair, given,
                 sizes=chosen_sizes, placement=placement, seed=seed, progress=report,
@@ -598,13 +598,13 @@ def discover(
         placement, chosen_sizes = parse_placements(placements), _sizes(sizes)
         given = read_patches(patches) if patches else []
         start, commit = time.perf_counter(), git_commit()
-        with _stages(0) as report:
+        with _stages() as report:
             result = run_discover(
                 classifier, find_images(pool, classes=classifier.classes),
                 find_images(images, classes=classifier.classes), class_pair, given=given,
                 layer=layer, samples_per_image=samples_per_image, grid=grid, top_k=top_k,
                 rank_by=rank_by,
-                sizes=chosen_sizes, placement=placement, random_count=random_crops,
+                sizes=chosen_sizes, placement=placement, random_crops=random_crops,
                 optimize_steps=optimize_steps, seed=seed, progress=report,
             )  # fmt: skip
             details = {
@@ -679,7 +679,7 @@ def audit(
         previous = None if baseline is None or update_baseline else read_baseline(baseline)
         spec = checked.model
         classifier = _load(spec.name, spec.weights, spec.labels, spec.preprocess)
-        with _stages(0) as report:
+        with _stages() as report:
             result = run_audit(checked, model=classifier, progress=report)
         source = None if previous is None else str(baseline)
         verdict = compare(result, previous, source=source or "")
@@ -735,6 +735,7 @@ def reproduce(
         check_data_root,
         data_counts,
         describe,
+        headline,
         list_experiments,
         load_experiment,
         write_reproduction,
@@ -752,7 +753,7 @@ def reproduce(
         classifier = _load(model, weights, labels, preprocess)
         folder = out or Path("results") / experiment.name
         start, commit = time.perf_counter(), git_commit()
-        with _stages(0) as report:
+        with _stages() as report:
             result = run_reproduce(classifier, experiment, root, progress=report)
             details = {
                 "command": "reproduce", "experiment": experiment.name,
@@ -765,10 +766,9 @@ def reproduce(
                 "n_evaluation": len(result.evaluation), "n_screening": len(result.screening),
                 "seconds": round(time.perf_counter() - start, 1), "git_commit": commit,
             }  # fmt: skip
-            write_reproduction(folder, result, experiment, classifier, details=details)
-    from patchfinder.experiments import headline
-
-    _print_frame(headline(result, experiment, classifier), experiment.title)
+            table = headline(result, experiment, classifier)
+            write_reproduction(folder, result, experiment, classifier, details=details, table=table)
+    _print_frame(table, experiment.title)
     err.print(f"wrote the summary, report, patches and provenance to {folder}", highlight=False)
 
 
@@ -830,15 +830,10 @@ def data_fetch(
                 raise ValueError(f"--url takes NAME=URL; Received: {item!r}")
             urls[key] = value
         where = root or default_root()
-        columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn())
-        with Progress(*columns, console=err, transient=True) as bar:
-            tasks: dict[tuple[str, str], int] = {}
+        with _stages() as stage:
 
             def report(event) -> None:
-                key = (event.name, event.stage)
-                if key not in tasks:
-                    tasks[key] = bar.add_task(f"{event.name} {event.stage}", total=event.total)
-                bar.update(tasks[key], completed=event.done, total=event.total)
+                stage(f"{event.name} {event.stage}", event.done, event.total)
 
             try:
                 reports = fetch(names, where, urls=urls, progress=report)

@@ -32,7 +32,9 @@ from patchfinder.proposals import (
     candidate_crops,
     deduplicate,
     noise_patch,
-    random_crops,
+)
+from patchfinder.proposals import (
+    random_crops as natural_crops,
 )
 from patchfinder.types import ActivationSamples, ClassPair, Patch, Proposal
 
@@ -176,7 +178,7 @@ def controls(
     pair: ClassPair,
     *,
     crop_sides: tuple[float, float] = (0.2, 0.5),
-    random_count: int = 5,
+    random_crops: int = 5,
     optimize_steps: int = 100,
     sizes: Sequence[float] = DEFAULT_SIZES,
     seed: int = 0,
@@ -190,9 +192,9 @@ def controls(
     rng = np.random.default_rng(seed)
     side = model.input_size // 4
     patches = [noise_patch(side, rng=rng)]
-    if random_count > 0:
-        patches += random_crops(
-            pool, count=random_count, size=model.input_size, rng=rng, side_range=crop_sides
+    if random_crops > 0:
+        patches += natural_crops(
+            pool, count=random_crops, size=model.input_size, rng=rng, side_range=crop_sides
         )
     if optimize_steps > 0 and len(screening):
         patches.append(
@@ -248,7 +250,7 @@ def discover(
     screening_fraction: float = 0.5,
     max_evaluation: int | None = None,
     rank_by: str = "attribution",
-    random_count: int = 5,
+    random_crops: int = 5,
     optimize_steps: int = 100,
     seed: int = 0,
     cache: Path | None = None,
@@ -301,7 +303,7 @@ def discover(
         screening,
         pair,
         crop_sides=_crop_sides(proposals, model.input_size),
-        random_count=random_count,
+        random_crops=random_crops,
         optimize_steps=optimize_steps,
         sizes=sizes,
         seed=seed,

@@ -91,8 +91,6 @@ _DISCOVERY_KEYS = (
 _ARTICLE_KEYS = (
     "model", "data", "n", "best_rate", "fixed_rate", "noise_best_rate", "noise_fixed_rate",
 )  # fmt: skip
-#: `[discovery]` keys named as the CLI's options, where `discover` names them otherwise.
-_DISCOVER_ARGUMENTS = {"random_crops": "random_count"}
 _RATES = ("best_rate", "fixed_rate", "noise_best_rate", "noise_fixed_rate")
 
 
@@ -370,7 +368,7 @@ def reproduce(
         seed=experiment.seed,
         cache=cache,
         progress=progress,
-        **{_DISCOVER_ARGUMENTS.get(k, k): v for k, v in experiment.discovery.items()},  # type: ignore[arg-type]
+        **experiment.discovery,  # type: ignore[arg-type]
     )
 
 
@@ -430,10 +428,10 @@ def write_reproduction(
     model: Classifier,
     *,
     details: Mapping[str, object],
+    table: pd.DataFrame,
 ) -> dict[str, Path]:
-    """Everything `write_discovery` writes, with the side-by-side table at the top of
-    `summary.md` and `report.html`."""
-    table = headline(run, experiment, model)
+    """Everything `write_discovery` writes, with `table` (`headline`'s side-by-side table)
+    at the top of `summary.md` and `report.html`."""
     return write_discovery(
         folder,
         run,

@@ -186,9 +186,9 @@ def candidate_crops(
             raise ValueError(
                 f"scores must have one value per sample ({len(samples)}); Received: {len(score)}"
             )
-        means = {id(cell): float(score[list(cell.members)].mean()) for cell in atlas.cells}
-        ranked = sorted(atlas.cells, key=lambda cell: (-means[id(cell)], -cell.count))
-        cells = [cell for cell in ranked if means[id(cell)] > 0]
+        means = [float(score[cell.members].mean()) for cell in atlas.cells]
+        ranked = sorted(zip(means, atlas.cells, strict=True), key=lambda m: (-m[0], -m[1].count))
+        cells = [cell for mean, cell in ranked if mean > 0]
     cells = cells[:top_cells]
     picks = [
         (cell, rank, int(index))
