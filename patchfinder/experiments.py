@@ -27,7 +27,7 @@ names a dataset of `datasets.DATASETS`, so a missing one can be named with its s
     max_evaluation = 100                      # optional: a seeded subset bounds the cost
 
     [discovery]                               # optional; defaults as `discover.discover`
-    layer = "block6d"                         # optional: the model's default layer
+    layer = "block5c"                         # optional: the model's default layer
     top_k = 5
     random_crops = 3
     optimize_steps = 60

@@ -142,9 +142,10 @@ def candidate_crops(
 
     Each crop is centred on the member's receptive field, `context` times its side (see
     `crop_boxes`). The default, half the side, keeps the crop local: a deep layer's
-    effective receptive field spans most of the input (~200 of 224 px at EfficientNet-Lite0's
-    block6d), so a wider crop is the whole photo rather than the feature the cell stands
-    for, and the crops' sides (~0.2-0.5 of the input) match the sizes they are pasted at.
+    effective receptive field spans much of the input (135 of 224 px at EfficientNet-Lite0's
+    block5c, 203 at block6d), so a wider crop is the whole photo rather than the feature the
+    cell stands for, and the crops' sides (~0.2-0.5 of the input) match the sizes they are
+    pasted at.
 
     Each source image is decoded once. An image that fails to decode is logged and skipped.
 

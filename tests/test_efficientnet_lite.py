@@ -106,7 +106,7 @@ def test_lite0_atlas_layers_and_shapes(lite0) -> None:
     assert lite.ATLAS_LAYERS["lite0"] == tuple(LITE0_ATLAS_SHAPES)
     for name, shape in LITE0_ATLAS_SHAPES.items():
         assert tuple(lite0.get_layer(name).output.shape) == (None, *shape), name
-    assert lite.DEFAULT_LAYER["lite0"] == "block6d"
+    assert lite.DEFAULT_LAYER["lite0"] == "block5c"
     assert tuple(lite0.get_layer("stem").output.shape) == (None, 112, 112, 32)
 
 
