@@ -77,6 +77,22 @@ def test_the_shipped_experiments_load_and_name_known_datasets():
         assert patch_set in {"train", "baseball", "noodles"}
 
 
+def test_the_variant_experiments_are_sound_and_vary_one_main_experiment():
+    # Each variant is a main experiment with its name, layer, seed or discovery counts changed.
+    from patchfinder.efficientnet_lite import ATLAS_LAYERS
+
+    mains = {e.name: e for e in list_experiments()}
+    variants = sorted((EXPERIMENTS_DIR / "variants").glob("*.toml"))
+    assert variants
+    for file in variants:
+        variant = read_experiment(file)
+        assert variant.name == file.stem
+        main = mains[next(name for name in mains if variant.name.startswith(name + "-"))]
+        assert (variant.pair, variant.data, variant.article) == (main.pair, main.data, main.article)
+        assert (variant.sizes, variant.placements) == (main.sizes, main.placements)
+        assert variant.discovery["layer"] in ATLAS_LAYERS["lite0"]
+
+
 @pytest.mark.slow
 def test_the_shipped_experiments_find_their_data(data_root):
     for experiment in list_experiments():
