@@ -33,9 +33,7 @@ from patchfinder.proposals import (
     deduplicate,
     noise_patch,
 )
-from patchfinder.proposals import (
-    random_crops as natural_crops,
-)
+from patchfinder.proposals import random_crops as natural_crops  # `random_crops` is a count here
 from patchfinder.types import ActivationSamples, ClassPair, Patch, Proposal
 
 #: How `propose` ranks the atlas's vectors for cropping.

@@ -28,8 +28,8 @@ names a dataset of `datasets.DATASETS`, so a missing one can be named with its s
 
     [discovery]                               # optional; defaults as `discover.discover`
     layer = "block5c"                         # optional: the model's default layer
-    top_k = 5
-    random_crops = 3
+    top_k = 10
+    random_crops = 10
     optimize_steps = 60
 
     [article]                                 # its published figures for this pair
@@ -40,6 +40,14 @@ names a dataset of `datasets.DATASETS`, so a missing one can be named with its s
     fixed_rate = 0.654
     noise_best_rate = 0.139
     noise_fixed_rate = 0.042
+
+A variant names the file it varies and only what it changes; its tables are merged key by
+key over that file's (`name` is never inherited):
+
+    extends = "../train-patch.toml"           # relative to this file
+    name = "train-patch-block6d"
+    [discovery]
+    layer = "block6d"
 """
 
 from __future__ import annotations
@@ -183,6 +191,29 @@ def load_experiment(name: str | Path, folder: str | Path | None = None) -> Exper
     return read_experiment(file)
 
 
+def _read_table(path: Path, chain: tuple[Path, ...]) -> dict:
+    """The file's TOML table, merged over the table of the file it `extends` (if any)."""
+    if not path.is_file():
+        raise ConfigError(path, [f"experiment file not found: {path.resolve()}"])
+    if path.resolve() in chain:
+        raise ConfigError(path, ["extends: the files extend each other in a cycle"])
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(path, [f"not valid TOML: {error}"]) from None
+    base = table.pop("extends", None)
+    if base is None:
+        return table
+    if not isinstance(base, str):
+        raise ConfigError(path, [f"extends: expected a file path; Received {base!r}"])
+    merged = _read_table(path.parent / base, (*chain, path.resolve()))
+    merged.pop("name", None)
+    for key, value in table.items():
+        both_tables = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = {**merged[key], **value} if both_tables else value
+    return merged
+
+
 def read_experiment(path: str | Path) -> Experiment:
     """Read and check one experiment file (format: this module's docstring).
 
@@ -190,12 +221,7 @@ def read_experiment(path: str | Path) -> Experiment:
         ConfigError: every problem found, each with its location in the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(path, [f"experiment file not found: {path.resolve()}"])
-    try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(path, [f"not valid TOML: {error}"]) from None
+    table = _read_table(path, ())
     problems = unknown_keys(table, _TOP_KEYS, "")
     sections = {}
     for key, allowed in (

@@ -93,6 +93,25 @@ def test_the_variant_experiments_are_sound_and_vary_one_main_experiment():
         assert variant.discovery["layer"] in ATLAS_LAYERS["lite0"]
 
 
+def test_a_variant_extends_its_base_table_by_table(tmp_path):
+    base = tmp_path / "base.toml"
+    base.write_text(EXPERIMENT.format(pair="snorkel:scuba_diver"))
+    (tmp_path / "v").mkdir()
+    variant = tmp_path / "v" / "variant.toml"
+    variant.write_text('extends = "../base.toml"\n[evaluation]\nseed = 7\n')
+    original, varied = read_experiment(base), read_experiment(variant)
+    assert varied.name == "variant"  # the file's stem: a name is never inherited
+    assert varied.seed == 7 and varied.sizes == original.sizes  # merged key by key
+    assert (varied.pair, varied.data) == (original.pair, original.data)
+    assert varied.article == original.article
+    variant.write_text('extends = "../missing.toml"\n')
+    with pytest.raises(ConfigError, match="not found"):
+        read_experiment(variant)
+    variant.write_text('extends = "variant.toml"\n')
+    with pytest.raises(ConfigError, match="cycle"):
+        read_experiment(variant)
+
+
 @pytest.mark.slow
 def test_the_shipped_experiments_find_their_data(data_root):
     for experiment in list_experiments():
