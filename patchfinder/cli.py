@@ -624,7 +624,14 @@ def discover(
             write_discovery(out, result, classifier, details=details, placement=placement)
     title = f"{class_pair.src.name} -> {class_pair.dst.name} on {classifier.name}"
     _print_summary(result.table, title)
+    _warn_missing(result)
     err.print(f"wrote the atlas, proposals and report to {out}", highlight=False)
+
+
+def _warn_missing(result) -> None:
+    """A `Discovery` with no proposals says so on stderr (its summary says so too)."""
+    if result.missing_proposals:
+        err.print(f"[yellow]warning: {result.missing_proposals}[/]", soft_wrap=True)
 
 
 # --- audit ------------------------------------------------------------------------------------
@@ -769,7 +776,46 @@ def reproduce(
             table = headline(result, experiment, classifier)
             write_reproduction(folder, result, experiment, classifier, details=details, table=table)
     _print_frame(table, experiment.title)
+    _warn_missing(result)
     err.print(f"wrote the summary, report, patches and provenance to {folder}", highlight=False)
+
+
+@app.command()
+def compare(
+    reference: Annotated[Path, typer.Argument(help="The committed run: folder or summary.csv.")],
+    rerun: Annotated[Path, typer.Argument(help="The re-run: a folder or its summary.csv.")],
+    out: Annotated[Path | None, typer.Option(help="Also write the verdicts as CSV here.")] = None,
+) -> None:
+    """Check a re-run against a committed run, honestly across machines: fixed patches (given,
+    noise, random crops) by name, the top discovered and optimised patch by rate. Exits 1
+    when a rate falls outside the reference's 95 % interval, or a patch or n is missing."""
+    import pandas as pd
+
+    from patchfinder.compare import compare_runs
+    from patchfinder.io import write_csv
+
+    with _user_errors():
+        tables = []
+        for path in (reference, rerun):
+            file = path / "summary.csv" if path.is_dir() else path
+            if not file.is_file():
+                raise FileNotFoundError(
+                    f"No summary.csv at {file}: expected a folder written by `reproduce`, "
+                    "`discover` or `evaluate`, or its summary.csv"
+                )
+            tables.append(pd.read_csv(file))
+        verdicts = compare_runs(*tables)
+        if out is not None:
+            write_csv(out, verdicts)
+    shown = verdicts.copy()
+    for column in ("reference_best", "rerun_best", "reference_fixed", "rerun_fixed"):
+        shown[column] = [f"{100 * v:.1f} %" if v == v else "-" for v in shown[column]]
+    _print_frame(shown.drop(columns="agrees"), f"{rerun} against {reference}")
+    disagree = int((~verdicts["agrees"]).sum())
+    if disagree:
+        err.print(f"[red]{disagree} of {len(verdicts)} rows disagree[/]", highlight=False)
+        raise typer.Exit(1)
+    err.print(f"all {len(verdicts)} rows agree", highlight=False)
 
 
 def _print_frame(frame, title: str) -> None:

@@ -53,11 +53,21 @@ def _join(where: str, key: str) -> str:
 
 
 def expand_path(text: str, base: Path) -> tuple[Path | None, str | None]:
-    """A config path: environment variables, `~`, relative to `base`. (path, problem)."""
+    """A config path: environment variables, `~`, relative to `base`. (path, problem).
+
+    A path written in the file is relative to the file's folder `base`; a variable that
+    *starts* the path (`${PATCHFINDER_DATA}/x`) holds a path set in the shell, so a relative
+    value there (`PATCHFINDER_DATA=../shared/data`) means the current directory, as it does
+    for every other command that reads the variable.
+    """
     unset = [a or b for a, b in _VARIABLE.findall(text) if (a or b) not in os.environ]
     if unset:
         names = ", ".join(dict.fromkeys(unset))
         return None, f"environment variable {names} is not set (in {text!r})"
+    lead = _VARIABLE.match(text)
+    if lead:
+        value = Path(os.environ[lead.group(1) or lead.group(2)]).expanduser()
+        text = os.path.abspath(value) + text[lead.end() :]
     expanded = _VARIABLE.sub(lambda m: os.environ[m.group(1) or m.group(2)], text)
     path = Path(expanded).expanduser()
     return (path if path.is_absolute() else base / path), None

@@ -565,7 +565,7 @@ def describe(*, datasets: Mapping[str, Dataset] | None = None) -> list[dict[str,
 def default_root() -> Path:
     """Where datasets live by default: `$PATCHFINDER_DATA`, else `<cache>/data`."""
     value = os.environ.get("PATCHFINDER_DATA")
-    return Path(value) if value else cache_dir("data")
+    return Path(os.path.abspath(Path(value).expanduser())) if value else cache_dir("data")
 
 
 def _resolve(names: Iterable[str] | str, datasets: Mapping[str, Dataset] | None) -> list[Dataset]:

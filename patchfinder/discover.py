@@ -231,6 +231,19 @@ class Discovery:
     patches: list[Patch]
     table: FlipTable
 
+    @property
+    def missing_proposals(self) -> str:
+        """Why the table has no discovered patch, for the summary and the CLI ("" if it has)."""
+        if self.proposals:
+            return ""
+        pair = self.atlas.pair
+        return (
+            f"No discovered patch: no atlas cell at layer {self.atlas.layer} favours "
+            f"{pair.dst.name} over {pair.src.name} (none has a positive mean attribution, or "
+            "their source images failed to decode), so nothing was proposed or evaluated. Try "
+            "another layer, a larger pool, or ranking by transfer."
+        )
+
 
 def discover(
     model: Classifier,

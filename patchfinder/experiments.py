@@ -52,6 +52,7 @@ key over that file's (`name` is never inherited):
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -333,7 +334,9 @@ def check_data_root(experiment: Experiment, root: str | Path | None) -> Path:
         FileNotFoundError: no root was given, or datasets are missing under it; the message
             names each missing dataset, its public source and licence, and the fetch command.
     """
-    where = Path(root).expanduser() if root is not None else None
+    # Absolute from here on: a relative root (`--data ../shared/data`) means the current
+    # directory, and provenance records where the data really was.
+    where = Path(os.path.abspath(Path(root).expanduser())) if root is not None else None
     missing = [name for name in experiment.datasets if where is None or not (where / name).is_dir()]
     if where is not None and not missing:
         return where
@@ -432,6 +435,11 @@ def headline(run: Discovery, experiment: Experiment, model: Classifier) -> pd.Da
     }
     for kind, label in labels.items():
         group = summary[summary["kind"] == kind]
+        if group.empty and kind == "discovered":  # say so rather than drop the row
+            rows.append(
+                {"patches": f"{label}: none survived", "model and data": ours, "n": 0,
+                 "best": "-", "fixed": "-"}
+            )  # fmt: skip
         if group.empty:
             continue
         top = group.iloc[0]

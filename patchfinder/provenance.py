@@ -6,6 +6,7 @@ exactly what produced a number and re-run it.
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -13,7 +14,12 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-PACKAGES = ("patchfinder", "tensorflow", "keras", "numpy", "umap-learn", "pillow", "pandas")
+#: What a run's numbers depend on: the model's numerics, the atlas layout (UMAP runs on
+#: numba/llvmlite, pynndescent, scikit-learn, scipy), decoding and tables.
+PACKAGES = (
+    "patchfinder", "tensorflow", "keras", "numpy", "umap-learn", "numba", "llvmlite",
+    "pynndescent", "scikit-learn", "scipy", "pillow", "pandas",
+)  # fmt: skip
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
@@ -55,6 +61,17 @@ def git_commit(folder: Path | None = None) -> str:
     return commit + ("-dirty" if dirty else "")
 
 
+def _cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else `platform.processor()`."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def provenance(**details: object) -> dict[str, object]:
     """A JSON-ready record: the caller's `details` (model, weights, data, seed, ...) plus the
     environment (versions, git commit, Python, platform, UTC time). A detail the caller
@@ -65,6 +82,9 @@ def provenance(**details: object) -> dict[str, object]:
         "git_commit": git_commit(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        # numba compiles the UMAP layout for this CPU unless told otherwise (README).
+        "numba_cpu_name": os.environ.get("NUMBA_CPU_NAME", "host"),
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return {**details, **{k: v for k, v in environment.items() if k not in details}}

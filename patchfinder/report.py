@@ -368,6 +368,8 @@ def write_discovery(
     )
     title = f"{pair.src.name} -> {pair.dst.name} on {model.name}"
     notes = evaluation_notes(model, pair, discovery.evaluation, screening=len(discovery.screening))
+    if discovery.missing_proposals:
+        notes.insert(0, discovery.missing_proposals)
     written.update(
         write_report(
             folder,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -306,6 +307,25 @@ limits = { fixed_rate = 0.25 }
     assert check.limits == Limits(best_rate=0.5, fixed_rate=0.25, tolerance=0.02)
 
 
+def test_a_relative_variable_means_the_current_directory(world, tmp_path, monkeypatch):
+    """`PATCHFINDER_DATA=../shared/data patchfinder audit experiments/x.toml`: the variable's
+    relative value is the shell's (the current directory), while paths written in the file
+    stay relative to the file."""
+    folder = tmp_path / "configs" / "nested"
+    folder.mkdir(parents=True)
+    config = write_config(folder)
+    monkeypatch.chdir(world.parent)
+    monkeypatch.setenv("AUDIT_WORLD", world.name)  # relative to the current directory
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    loaded = load_config(config)
+    assert loaded.checks[0].images == (world / "photos",)
+    assert loaded.model.name == str(world / "red.keras")
+    monkeypatch.setenv("AUDIT_WORLD", f"./{world.name}/../{world.name}")
+    result = run_cli("audit", str(config), "--json", str(tmp_path / "out.json"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out.json").read_text())["checks"][0]["n"] == 10
+
+
 CONFIG_PROBLEMS = {
     "unset variable": (
         'images = ["${NOT_SET_ANYWHERE}/photos"]',
@@ -425,8 +445,10 @@ def test_the_example_config_passes_and_fails_below_its_measured_rate(data_root, 
 
     from patchfinder.model import load_model
 
-    monkeypatch.setenv("PATCHFINDER_DATA", str(data_root))
-    config = load_config(Path(__file__).parents[1] / "experiments" / "audit-example.toml")
+    repo = Path(__file__).parents[1]
+    monkeypatch.chdir(repo)  # the README's relative root, from the clone
+    monkeypatch.setenv("PATCHFINDER_DATA", os.path.relpath(data_root.absolute(), repo))
+    config = load_config(Path("experiments") / "audit-example.toml")
     result = run_audit(config, model=load_model(config.model.name))
     assert compare(result).exit_status == audit.PASSED
     snorkel = next(check for check in result.checks if check.check.name == "snorkel-train")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -46,7 +48,7 @@ screening_fraction = 0.5
 max_evaluation = 6
 
 [discovery]
-layer = "conv2"
+layer = "conv3"
 top_k = 2
 samples_per_image = 4
 grid = 3
@@ -115,7 +117,7 @@ def test_a_variant_extends_its_base_table_by_table(tmp_path):
 @pytest.mark.slow
 def test_the_shipped_experiments_find_their_data(data_root):
     for experiment in list_experiments():
-        assert check_data_root(experiment, data_root) == data_root
+        assert check_data_root(experiment, data_root) == Path(os.path.abspath(data_root))
         assert len(experiment.paths("patches", data_root)) == 10
         assert [p.name for p in experiment.paths("noise", data_root)] == ["random.png"]
 
@@ -183,32 +185,56 @@ def test_a_missing_data_root_names_each_dataset_and_its_source(tmp_path):
     assert "patchfinder data fetch nips17-dev tiny-imagenet-targets" in str(caught.value)
 
 
-@pytest.fixture
-def tiny_root(tmp_path, rng):
-    """A data root with the shipped layout, a saved tiny 1000-class model, and the pair
-    (the class it predicts for most src photos -> another class) for the experiment file."""
+def _planted_pair(model, inputs: np.ndarray, *, src: int, dst: int, lean: float = 1.0) -> None:
+    """Rewrite the tiny model's head so that, by construction rather than by luck of the
+    floats: every input is classified `src` by a wide margin, and every non-zero vector at
+    `conv3` favours `dst`. Then logit[dst] - logit[src] = c * sum(pooled conv3) - margin with
+    c > 0, so each conv3 vector's attribution (ReLU output times the positive gradient c / HW)
+    is positive, and the clean margin is at least 5 logits on every input. With `lean` < 0
+    every vector favours src instead (c < 0), so no atlas cell favours dst."""
     import keras
 
-    model_path = tmp_path / "tiny.keras"
-    model = tiny_cnn(num_classes=1000)
-    model.save(model_path)
+    head = model.get_layer("logits")
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in head.weights)  # (16, K), (K,)
+    pooled = keras.ops.convert_to_numpy(
+        keras.Model(model.input, model.get_layer("pool").output)(inputs)
+    )  # (n, 16)
+    logits = pooled @ kernel + bias  # (n, K)
+    bias[src] += float(logits.max() - logits[:, src].min()) + 10.0
+    c = 1.0 / max(float(pooled.sum(axis=1).max()), 1e-3)  # c * sum(pooled) <= 1 on the inputs
+    kernel[:, dst] = kernel[:, src] + lean * c
+    bias[dst] = bias[src] - 6.0
+    head.set_weights([kernel, bias])
+
+
+@pytest.fixture
+def tiny_root(tmp_path, rng):
+    """A data root with the shipped layout, a saved tiny 1000-class model whose head makes
+    every src photo eligible and every atlas vector favour dst (`_planted_pair`), and the
+    experiment file."""
+    return _tiny_root(tmp_path, rng, lean=1.0)
+
+
+def _tiny_root(tmp_path, rng, *, lean: float):
     classes = imagenet()
+    src_name, dst_name = "snorkel", "scuba_diver"
+    model = tiny_cnn(num_classes=1000)
     root = tmp_path / "data"
     pool, src = root / "imagenet-samples", root / "tiny-imagenet-targets"
     patches = root / "activation-atlas-article" / "patches"
     for folder in (pool, src, patches):
         folder.mkdir(parents=True)
-    for i in range(10):
-        pixels = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    pool_pixels = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(10)]
+    for i, pixels in enumerate(pool_pixels):
         Image.fromarray(pixels).save(pool / f"p{i}.png")
     pixels = [rng.integers(0, 255, (40, 40, 3), dtype=np.uint8) for _ in range(16)]
-    inputs = np.stack([np.asarray(Image.fromarray(p).resize((32, 32)), np.float32) for p in pixels])
-    logits = keras.ops.convert_to_numpy(model(inputs / 255.0))  # (16, 1000)
-    predicted = logits.argmax(axis=1)
-    common = int(np.bincount(predicted).argmax())
-    runner_up = int(np.argsort(logits.mean(axis=0))[-2])  # so some features favour it
-    runner_up = runner_up if runner_up != common else int(np.argsort(logits.mean(axis=0))[-1])
-    src_name, dst_name = classes[common].name, classes[runner_up].name
+    inputs = np.stack(
+        [np.asarray(Image.fromarray(p).resize((32, 32)), np.float32) for p in pool_pixels + pixels]
+    )
+    src_index, dst_index = classes.get(src_name).index, classes.get(dst_name).index
+    _planted_pair(model, inputs / 255.0, src=src_index, dst=dst_index, lean=lean)
+    model_path = tmp_path / "tiny.keras"
+    model.save(model_path)
     with open(src / "labels.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "name"])
@@ -228,7 +254,7 @@ def tiny_root(tmp_path, rng):
         writer.writerow(["random.png", "noise"])
     experiment = tmp_path / "tiny.toml"
     experiment.write_text(EXPERIMENT.format(pair=f"{src_name}:{dst_name}"))
-    return root, model_path, experiment, int((predicted == common).sum())
+    return root, model_path, experiment, len(pixels)
 
 
 def _reproduce(tiny_root, out):
@@ -279,6 +305,24 @@ def test_reproduce_writes_the_side_by_side_table_and_is_deterministic(
     assert result.exit_code == 0, result.output
     for name in ("summary.csv", "flips.csv", "split.json"):
         assert (first / name).read_text() == (second / name).read_text(), name
+
+
+def test_a_run_without_proposals_says_so_in_the_summary_and_the_output(tmp_path, rng, monkeypatch):
+    root, model_path, experiment, _ = _tiny_root(tmp_path, rng, lean=-1.0)  # all favour src
+    monkeypatch.chdir(tmp_path / "data" / "imagenet-samples")
+    monkeypatch.setenv("PATCHFINDER_DATA", "..")  # relative: the current directory's parent
+    result = run_cli(
+        "reproduce", str(experiment), "--model", str(model_path), "--preprocess", "unit",
+        "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    provenance = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert provenance["data_root"] == str(root)
+    assert "No discovered patch" in result.output
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert "discovered" not in set(summary["kind"]) and "optimized" in set(summary["kind"])
+    text = (tmp_path / "out" / "summary.md").read_text()
+    assert "discovered (top one): none survived" in text and "No discovered patch" in text
 
 
 def test_reproduce_without_data_says_what_is_needed(tmp_path, monkeypatch):
