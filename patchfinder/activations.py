@@ -168,6 +168,46 @@ def pair_direction(
     return (total / count).astype(np.float32)
 
 
+def footprint_vectors(
+    model: Classifier,
+    images: np.ndarray,
+    boxes: np.ndarray,
+    *,
+    layer: str | None = None,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """The activation vectors at `layer` under a pasted patch: of each image, the positions
+    whose receptive-field centre ((col + 0.5) S / w, (row + 0.5) S / h, as `boxes` places it)
+    lies inside that image's box. What an adversarial patch looks like to the layer, to find
+    natural features near it (`proposals.aimed_crops`).
+
+    Args:
+        images: float32 (B, S, S, 3) in 0..255, the patch already pasted.
+        boxes: int (B, 4) (x0, y0, x1, y1) of the patch in each image.
+    Returns:
+        float32 (A, D): every footprint position of every image, image-major.
+    """
+    layer = model.resolve_layer(layer)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if len(boxes) != len(images):
+        raise ValueError(f"Need one box per image ({len(images)}); Received: {len(boxes)}")
+    found = []
+    for start in range(0, len(images), batch_size):
+        acts, _ = model.activations(images[start : start + batch_size], layer)  # (b, h, w, D)
+        _check_spatial(acts, model, layer)
+        acts = acts.numpy()
+        h, w = acts.shape[1:3]
+        size = model.input_size
+        cx, cy = (np.arange(w) + 0.5) * size / w, (np.arange(h) + 0.5) * size / h
+        for vectors, (x0, y0, x1, y1) in zip(acts, boxes[start : start + batch_size], strict=True):
+            rows = (cy >= y0) & (cy < y1)
+            cols = (cx >= x0) & (cx < x1)
+            found.append(vectors[rows][:, cols].reshape(-1, vectors.shape[-1]))
+    if not found:
+        return np.zeros((0, 0), np.float32)
+    return np.concatenate(found).astype(np.float32)
+
+
 def _check_pair(pair: ClassPair, num_classes: int) -> None:
     for cls in (pair.src, pair.dst):
         if not 0 <= cls.index < num_classes:

@@ -497,6 +497,12 @@ def screen(
         batch_size=batch_size,
         progress=progress,
     )
+    return _ranked(proposals, measured)[:top_k]
+
+
+def _ranked(proposals: Sequence[Proposal], measured: FlipTable) -> list[Proposal]:
+    """The proposals best first by best rate, fixed rate, the largest mean rise of p(dst)
+    over the settings, attribution, then input order; with their screening rate and n."""
     table = measured.summary()  # one row per proposal, in order
     best = np.nan_to_num(table["best_rate"].to_numpy(np.float64), nan=-1.0)  # n = 0: last
     fixed = np.nan_to_num(table["fixed_rate"].to_numpy(np.float64), nan=-1.0)
@@ -505,7 +511,7 @@ def screen(
     lift = measured.long().groupby("patch", sort=False)["mean_delta_p"].max()
     lift = np.nan_to_num(lift.reindex(table["patch"]).to_numpy(np.float64), nan=-1.0)
     attribution = np.asarray([p.attribution for p in proposals], dtype=np.float64)
-    order = np.lexsort((np.arange(len(proposals)), -attribution, -lift, -fixed, -best))[:top_k]
+    order = np.lexsort((np.arange(len(proposals)), -attribution, -lift, -fixed, -best))
     return [
         dataclasses.replace(
             proposals[i],
@@ -514,3 +520,173 @@ def screen(
         )
         for i in order
     ]
+
+
+# --- successive halving ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round of successive halving.
+
+    Attributes:
+        candidates: how many proposals it measured (refined variants included).
+        images: on how many screening images (the first of a seeded order).
+        sizes: at which patch sizes (largest first), every position of the placement each.
+        pasted: the pasted images it cost (forward passes): candidates x images x settings.
+        kept: how many it passed on (the last round: how many it returned).
+    """
+
+    candidates: int
+    images: int
+    sizes: tuple[float, ...]
+    pasted: int
+    kept: int
+
+
+@dataclass(frozen=True)
+class Screening:
+    """What `successive_halving` kept, and what each round cost.
+
+    Attributes:
+        kept: the kept proposals, best first, each with the rate and n of its last round.
+        rounds: the rounds, in order.
+    """
+
+    kept: list[Proposal]
+    rounds: list[Round]
+
+    @property
+    def pasted(self) -> int:
+        """The screening's whole cost in pasted images (forward passes)."""
+        return sum(r.pasted for r in self.rounds)
+
+
+def exhaustive_cost(candidates: int, images: int, sizes: int, positions: int) -> int:
+    """Pasted images of `screen`: every candidate at every setting on every image."""
+    return candidates * images * sizes * positions
+
+
+def halving_schedule(
+    candidates: int,
+    *,
+    keep: int,
+    images: int,
+    sizes: int,
+    positions: int,
+    budget: int,
+    eta: int = 3,
+    extra_last: int = 0,
+) -> list[tuple[int, int, int]]:
+    """(candidates, images, sizes) of each round, from counts alone (pure arithmetic).
+
+    Round r measures n_r candidates, n_0 = `candidates`, n_(r+1) = max(keep, ceil(n_r / eta)),
+    until n_r <= keep; the last round also measures `extra_last` refined variants. Every round
+    gets the same share of `budget` (pasted images), so a candidate's share grows as the field
+    narrows: it is spent on more images first (the rates are over images), then on more sizes
+    (largest first), never more than all of either. A round always measures each candidate on
+    at least one image at one size, which may exceed a budget too small for that.
+    """
+    if keep < 1 or eta < 2 or min(candidates, images, sizes, positions) < 1:
+        raise ValueError(
+            "Need keep >= 1, eta >= 2 and at least one candidate, image, size and position; "
+            f"Received: keep={keep}, eta={eta}, candidates={candidates}, images={images}, "
+            f"sizes={sizes}, positions={positions}"
+        )
+    counts = [candidates]
+    while counts[-1] > keep:
+        counts.append(max(keep, -(-counts[-1] // eta)))
+    measured = counts[:-1] or counts
+    measured = [*measured[:-1], measured[-1] + extra_last]
+    share = budget / len(measured)
+    schedule = []
+    for count in measured:
+        each = share / count  # pasted images per candidate
+        z = int(np.clip(each // (images * positions), 1, sizes))
+        i = int(np.clip(each // (z * positions), 1, images))
+        schedule.append((count, i, z))
+    return schedule
+
+
+def successive_halving(
+    model: Classifier,
+    proposals: Sequence[Proposal],
+    eligible_screening: EligibleImages,
+    pair: ClassPair,
+    *,
+    top_k: int = 10,
+    budget: int,
+    eta: int = 3,
+    refine: Callable[[list[Proposal]], list[Proposal]] | None = None,
+    refine_count: int = 0,
+    sizes: Sequence[float] = DEFAULT_SIZES,
+    placement: Placement = DEFAULT_PLACEMENT,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> Screening:
+    """Screen many proposals within `budget` pasted images: all of them on a few images and
+    sizes, then the best 1/eta on more, down to `top_k` (Jamieson and Talwalkar 2016).
+
+    Each round ranks as `screen` does (images flipped, the best single setting, then the
+    rise of p(dst), which still ranks candidates when a few images flip none) on the first
+    images of one seeded order of `eligible_screening` and the largest sizes, every position
+    of `placement` (`halving_schedule` says how many). With `refine`, the last round also
+    measures `refine(survivors)` (given best first): variants, other crops of the same photos,
+    whose `parent` names the proposal they came from; `refine_count` is how many variants it
+    returns, so that the schedule budgets for them. Of each family (a proposal and its
+    variants) only the best is kept.
+
+    Returns:
+        A `Screening`: the kept proposals (`screening_rate` and `screening_n` from the last
+        round they were measured in) and the cost of every round.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1; Received: top_k={top_k}")
+    if not proposals or len(eligible_screening) == 0:
+        return Screening(kept=[], rounds=[])
+    order = np.random.default_rng(seed).permutation(len(eligible_screening))
+    by_size = sorted(sizes, reverse=True)
+    positions = len(placement.layout(model.input_size, sizes, np.random.default_rng(seed))[0])
+    schedule = halving_schedule(
+        len(proposals), keep=top_k, images=len(eligible_screening), sizes=len(sizes),
+        positions=positions, budget=budget, eta=eta, extra_last=refine_count if refine else 0,
+    )  # fmt: skip
+    field, rounds = list(proposals), []
+    for number, (_, images, z) in enumerate(schedule):
+        last = number == len(schedule) - 1
+        if last and refine is not None:
+            field = field + refine(field)  # variants of the best survivors compete with them
+        chosen = np.sort(order[:images])
+        subset = EligibleImages(
+            images=eligible_screening.images[chosen],
+            records=[eligible_screening.records[i] for i in chosen],
+            clean_probs_dst=eligible_screening.clean_probs_dst[chosen],
+            n_candidates=eligible_screening.n_candidates,
+            skipped=eligible_screening.skipped,
+        )
+        measured = evaluate_patches(
+            model, subset, [p.patch for p in field], pair, sizes=by_size[:z],
+            placement=placement, seed=seed, batch_size=batch_size, progress=progress,
+        )  # fmt: skip
+        ranked = _ranked(field, measured)
+        if last:
+            ranked = _best_of_families(ranked)
+        keep = top_k if last else max(top_k, -(-len(field) // eta))
+        field = ranked[:keep]
+        measured_count = len(measured.patches)
+        pasted = exhaustive_cost(measured_count, images, z, positions)
+        rounds.append(Round(measured_count, images, tuple(by_size[:z]), pasted, len(field)))
+    return Screening(kept=field, rounds=rounds)
+
+
+def _best_of_families(ranked: Sequence[Proposal]) -> list[Proposal]:
+    """The first (best) of each family: a proposal and the variants whose `parent` it is."""
+    seen: set[str] = set()
+    kept = []
+    for proposal in ranked:
+        family = proposal.parent or proposal.patch.name
+        if family not in seen:
+            seen.add(family)
+            kept.append(proposal)
+    return kept

@@ -19,6 +19,7 @@ model-input pixels, and pasting resizes it to each evaluated size.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import string
 from collections.abc import Iterable, Sequence
@@ -51,8 +52,12 @@ KIND_ALIASES = {"published": "given", "": "given"}
 #: Columns of `proposals.csv`, in order.
 PROPOSAL_COLUMNS = (
     "file", "patch", "kind", "source_file", "source_class", "x0", "y0", "x1", "y1",
-    "cell_x", "cell_y", "attribution", "screening_rate", "screening_n",
+    "cell_x", "cell_y", "attribution", "screening_rate", "screening_n", "source", "vector",
+    "similarity", "parent",
 )  # fmt: skip
+#: Where candidates come from: atlas cells ranked by attribution, or by transfer (their
+#: effect on src photos), or pool vectors nearest to the optimised patch's ("aimed").
+SOURCES = ("attribution", "transfer", "aimed")
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -128,6 +133,7 @@ def candidate_crops(
     prefer_other_classes: bool = True,
     classes: ClassList | None = None,
     scores: np.ndarray | None = None,
+    source: str = "attribution",
 ) -> list[Proposal]:
     """Natural crops around the vectors of the cells that most favour the pair's dst.
 
@@ -162,6 +168,7 @@ def candidate_crops(
         classes: names for `source_class`; None: the pair's names for src and dst labels,
             the class index as text for others, "" for unlabelled images.
         scores: float (N,) per-vector scores to rank by; None: `samples.pair_attribution`.
+        source: what the proposals' `source` says ("transfer" when `scores` are that).
     Returns:
         Unscreened proposals (kind "discovered", named `cell<x>-<y>-<rank letter>`), by cell
         rank then attribution, best first; `screening_rate` is nan.
@@ -209,34 +216,178 @@ def candidate_crops(
         return []
     indices = np.asarray([index for _, _, index in picks])
     crops = crop_boxes(samples, indices, context=context, min_side=min_side)  # (P, 4)
-    pixels: dict[int, np.ndarray] = {}  # pick -> crop; each image decoded once
-    images = samples.image[indices]
-    for image in np.unique(images):
-        path = samples.files[int(image)]
+    files = [samples.files[int(i)] for i in samples.image[indices]]
+    pixels = cut(files, crops, size=samples.input_size)
+    return [
+        Proposal(
+            patch=Patch(
+                name=f"cell{cell.x:02d}-{cell.y:02d}-{_letters(rank)}",
+                kind="discovered",
+                pixels=pixels[pick],
+            ),
+            source_file=files[pick],
+            source_class=_class_name(int(samples.label[index]), atlas, classes),
+            box=tuple(int(v) for v in crops[pick]),
+            cell=(cell.x, cell.y),
+            attribution=float(samples.pair_attribution[index]),
+            source=source,
+            vector=index,
+        )
+        for pick, (cell, rank, index) in enumerate(picks)
+        if pick in pixels
+    ]
+
+
+def cut(files: Sequence[str], boxes: np.ndarray, *, size: int) -> dict[int, np.ndarray]:
+    """{i: pixels of boxes[i] in files[i]}: crops of the S x S model-input views (the frame
+    the samples' boxes live in), unresized; each file decoded once. A file that fails to
+    decode is logged and its crops are left out.
+
+    Args:
+        files: (P,) image paths; boxes: int (P, 4) (x0, y0, x1, y1) inside [0, S].
+    """
+    pixels: dict[int, np.ndarray] = {}
+    names = np.asarray([str(f) for f in files], dtype=object)
+    for file in dict.fromkeys(names.tolist()):
         try:
-            view = load_image(path, size=samples.input_size)  # (S, S, 3): the boxes' frame
+            view = load_image(file, size=size)  # (S, S, 3)
         except ImageError as error:
             logger.warning("Skipping crops from %s", error)
             continue
-        for pick in np.flatnonzero(images == image):
-            x0, y0, x1, y1 = crops[pick]
-            pixels[int(pick)] = view[y0:y1, x0:x1].copy()
-    proposals = []
-    for pick, (cell, rank, index) in enumerate(picks):
-        if pick not in pixels:
-            continue
-        name = f"cell{cell.x:02d}-{cell.y:02d}-{_letters(rank)}"
-        proposals.append(
-            Proposal(
-                patch=Patch(name=name, kind="discovered", pixels=pixels[pick]),
-                source_file=samples.files[int(samples.image[index])],
-                source_class=_class_name(int(samples.label[index]), atlas, classes),
-                box=tuple(int(v) for v in crops[pick]),
-                cell=(cell.x, cell.y),
-                attribution=float(samples.pair_attribution[index]),
-            )
+        for i in np.flatnonzero(names == file):
+            x0, y0, x1, y1 = (int(v) for v in boxes[i])
+            pixels[int(i)] = view[y0:y1, x0:x1].copy()
+    return pixels
+
+
+def _cell_of(atlas: Atlas) -> dict[int, tuple[int, int]]:
+    """{sample index: (x, y) of its atlas cell}."""
+    return {int(m): (cell.x, cell.y) for cell in atlas.cells for m in cell.members}
+
+
+def aimed_crops(
+    atlas: Atlas,
+    samples: ActivationSamples,
+    targets: np.ndarray,
+    *,
+    count: int = 150,
+    context: float = 0.5,
+    min_side: int = 48,
+    exclude_classes: Sequence[int] = (),
+    prefer_other_classes: bool = True,
+    classes: ClassList | None = None,
+) -> list[Proposal]:
+    """Natural crops whose features are nearest to an adversary's (as SNAFUE does; Casper et
+    al. 2023): the pool vectors most cosine-similar to `targets`, the activations of the
+    optimised patch inside its footprint on src photos (`activations.footprint_vectors`).
+
+    Each pool vector scores its highest cosine similarity to any target; the `count` best,
+    at most one per image, other-class images first (as `candidate_crops`: with
+    `prefer_other_classes`, src/dst images only when too few others), are cropped around their
+    receptive fields (`crop_boxes` with `context`, `min_side`).
+
+    Args:
+        targets: float (A, D) the adversary's activation vectors at the atlas's layer.
+    Returns:
+        Proposals (kind "discovered", source "aimed", named `aim-<rank>`, best first), with
+        `similarity`, `vector` and the vector's atlas `cell`.
+    """
+    vectors = np.asarray(samples.vectors, np.float64)
+    targets = np.asarray(targets, np.float64).reshape(-1, vectors.shape[1] if vectors.size else 0)
+    if count < 1:
+        raise ValueError(f"count must be at least 1; Received: count={count}")
+    if len(vectors) == 0 or len(targets) == 0:
+        return []
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    aims = targets / np.maximum(np.linalg.norm(targets, axis=1, keepdims=True), 1e-12)
+    nearest = np.full(len(unit), -np.inf)
+    for start in range(0, len(aims), 512):  # (N, 512) at a time: bounded memory
+        nearest = np.maximum(nearest, (unit @ aims[start : start + 512].T).max(axis=1))
+    exclude = np.asarray(list(exclude_classes), dtype=np.int64)
+    excluded = np.isin(samples.label, exclude) | np.isin(samples.prediction, exclude)  # (N,)
+    order = np.lexsort((np.arange(len(unit)), -nearest))  # most similar first
+    if prefer_other_classes:
+        order = np.concatenate([order[~excluded[order]], order[excluded[order]]])
+    _, first = np.unique(samples.image[order], return_index=True)  # each image's best vector
+    chosen = order[np.sort(first)][:count]  # in `order`: other classes first, then similarity
+    crops = crop_boxes(samples, chosen, context=context, min_side=min_side)
+    files = [samples.files[int(i)] for i in samples.image[chosen]]
+    pixels = cut(files, crops, size=samples.input_size)
+    cells = _cell_of(atlas)
+    return [
+        Proposal(
+            patch=Patch(name=f"aim-{rank:03d}", kind="discovered", pixels=pixels[rank]),
+            source_file=files[rank],
+            source_class=_class_name(int(samples.label[index]), atlas, classes),
+            box=tuple(int(v) for v in crops[rank]),
+            cell=cells.get(int(index), (-1, -1)),
+            attribution=float(samples.pair_attribution[index]),
+            source="aimed",
+            vector=int(index),
+            similarity=float(nearest[index]),
         )
-    return proposals
+        for rank, index in enumerate(chosen)
+        if rank in pixels
+    ]
+
+
+#: Box changes `refine_crops` tries around a crop: (scale of the side, shift in x, shift in
+#: y, name suffix); shifts are fractions of the side. The centre is the feature the vector
+#: saw, so the changes stay near it.
+REFINEMENTS = (
+    (0.75, 0.0, 0.0, "z75"),
+    (1.33, 0.0, 0.0, "z133"),
+    (1.0, -0.25, 0.0, "l"),
+    (1.0, 0.25, 0.0, "r"),
+    (1.0, 0.0, -0.25, "u"),
+    (1.0, 0.0, 0.25, "d"),
+)
+
+
+def refine_crops(
+    proposals: Sequence[Proposal],
+    *,
+    size: int,
+    top: int = 5,
+    changes: Sequence[tuple[float, float, float, str]] = REFINEMENTS,
+    min_side: int = 16,
+) -> list[Proposal]:
+    """Other crops of the same photos around the first `top` proposals: each box scaled
+    about its centre and shifted by a fraction of its side (`changes`), slid inside the
+    S x S view and never below `min_side`. The patches stay natural crops, never
+    pixel-optimised. A change that gives back the same box is skipped.
+
+    Returns:
+        Up to top x len(changes) proposals named `<name>-<suffix>`, with `parent` the
+        proposal's name and source `<its source>+refined`.
+    """
+    variants: list[tuple[Proposal, tuple[int, int, int, int], str]] = []
+    for proposal in proposals[:top]:
+        x0, y0, x1, y1 = proposal.box
+        side, cx, cy = x1 - x0, (x0 + x1) / 2, (y0 + y1) / 2
+        for scale, dx, dy, suffix in changes:
+            new = int(np.clip(round(side * scale), min(min_side, size), size))
+            left = int(np.clip(round(cx + dx * side - new / 2), 0, size - new))
+            top_ = int(np.clip(round(cy + dy * side - new / 2), 0, size - new))
+            box = (left, top_, left + new, top_ + new)
+            if box != tuple(proposal.box):
+                variants.append((proposal, box, suffix))
+    pixels = cut(
+        [p.source_file for p, _, _ in variants], np.asarray([b for _, b, _ in variants]), size=size
+    )
+    return [
+        dataclasses.replace(
+            parent,
+            patch=Patch(f"{parent.patch.name}-{suffix}", parent.patch.kind, pixels[i]),
+            box=box,
+            source=f"{parent.source.split('+')[0]}+refined",
+            parent=parent.patch.name,
+            screening_rate=float("nan"),
+            screening_n=0,
+        )
+        for i, (parent, box, suffix) in enumerate(variants)
+        if i in pixels
+    ]
 
 
 def _class_name(label: int, atlas: Atlas, classes: ClassList | None) -> str:
@@ -430,11 +581,15 @@ def write_proposals(patches: Sequence[Proposal | Patch], folder: str | Path) -> 
                 "attribution": proposal.attribution,
                 "screening_rate": proposal.screening_rate,
                 "screening_n": proposal.screening_n,
+                "source": proposal.source,
+                "vector": proposal.vector,
+                "similarity": proposal.similarity,
+                "parent": proposal.parent,
             }  # fmt: skip
         rows.append(row)
     table = pd.DataFrame(rows, columns=list(PROPOSAL_COLUMNS))
     # Integers stay integers where controls leave them empty (pandas would make them floats).
-    whole = ["x0", "y0", "x1", "y1", "cell_x", "cell_y", "screening_n"]
+    whole = ["x0", "y0", "x1", "y1", "cell_x", "cell_y", "screening_n", "vector"]
     table[whole] = table[whole].astype("Int64")
     target = folder / "proposals.csv"
     with atomic_write(target) as tmp:

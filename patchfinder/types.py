@@ -144,6 +144,12 @@ class Proposal:
         attribution: that vector's pair attribution (dst minus src).
         screening_rate: targeted flip rate on the screening images (best setting).
         screening_n: the number of screening images behind that rate.
+        source: how the candidate was found (`proposals.SOURCES`: "attribution", "transfer",
+            "aimed"), with "+refined" when it is a refined crop of another proposal.
+        vector: the index, in the atlas's samples, of the vector it was cropped around.
+        similarity: for "aimed": that vector's cosine similarity to the nearest activation
+            of the optimised patch (nan otherwise).
+        parent: for a refined crop: the name of the proposal it refines ("" otherwise).
     """
 
     patch: Patch
@@ -154,3 +160,7 @@ class Proposal:
     attribution: float
     screening_rate: float = float("nan")
     screening_n: int = 0
+    source: str = "attribution"
+    vector: int = -1
+    similarity: float = float("nan")
+    parent: str = ""

@@ -1,0 +1,83 @@
+"""Successive halving, aimed and refined crops: properties on a model whose answer is known
+(the redness classifier of test_proposals), and the schedule's cost as pure arithmetic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import test_proposals
+from PIL import Image
+
+from patchfinder.evaluate import exhaustive_cost, halving_schedule, successive_halving
+from patchfinder.paste import Corners
+from patchfinder.proposals import refine_crops
+
+# The model whose answer is known, and its images, shared with test_proposals.
+redness, bluish_images, flat = (
+    test_proposals.redness, test_proposals.bluish_images, test_proposals.flat
+)  # fmt: skip
+
+SIZES = (0.2, 0.3, 0.4)
+
+
+@pytest.mark.parametrize("candidates", [1, 10, 31, 300])
+def test_the_schedule_stays_in_budget_and_narrows_to_keep(candidates):
+    budget = exhaustive_cost(30, 32, 3, 4)  # the old screening of 30 candidates
+    schedule = halving_schedule(candidates, keep=10, images=32, sizes=3, positions=4, budget=budget)
+    counts = [count for count, _, _ in schedule]
+    assert counts[0] == candidates and counts == sorted(counts, reverse=True)
+    assert counts[-1] <= max(10, candidates)
+    cost = sum(exhaustive_cost(n, i, z, 4) for n, i, z in schedule)
+    assert cost <= budget
+    shares = [i * z for _, i, z in schedule]
+    assert shares == sorted(shares)  # a survivor is measured on more each round
+    assert all(1 <= i <= 32 and 1 <= z <= 3 for _, i, z in schedule)
+
+
+def test_halving_keeps_the_one_planted_flipper_among_many_duds(redness, bluish_images, rng):
+    screening, pair = bluish_images
+    duds = [flat(f"grey-{i:02d}", (128 + i % 5, 128, 128 + i % 3)) for i in range(40)]
+    planted = flat("red", (255, 0, 0), attribution=0.0)  # the lowest attribution of all
+    candidates = [*duds[:23], planted, *duds[23:]]
+    budget = exhaustive_cost(8, len(screening), len(SIZES), 4)
+    result = successive_halving(
+        redness, candidates, screening, pair, top_k=3, budget=budget, sizes=SIZES,
+        placement=Corners(), seed=0,
+    )  # fmt: skip
+    assert result.kept[0].patch.name == "red" and result.kept[0].screening_rate > 0
+    assert len(result.kept) == 3
+    assert result.pasted <= budget < exhaustive_cost(41, len(screening), len(SIZES), 4)
+    assert result.rounds[0].candidates == 41
+    assert [r.kept for r in result.rounds][-1] == 3
+    again = successive_halving(
+        redness, candidates, screening, pair, top_k=3, budget=budget, sizes=SIZES,
+        placement=Corners(), seed=0,
+    )  # fmt: skip
+    assert [p.patch.name for p in again.kept] == [p.patch.name for p in result.kept]
+
+
+def test_refined_variants_compete_and_one_per_family_is_kept(redness, bluish_images, tmp_path):
+    screening, pair = bluish_images
+    photo = np.full((32, 32, 3), 128, np.uint8)
+    photo[8:24, 8:24] = (255, 0, 0)  # a red square in a grey photo
+    file = tmp_path / "photo.png"
+    Image.fromarray(photo).save(file)
+    start = flat("off-centre", (128, 128, 128))
+    start = type(start)(**{**start.__dict__, "source_file": str(file), "box": (0, 0, 12, 12)})
+    start = type(start)(**{**start.__dict__, "patch": type(start.patch)(
+        "off-centre", "discovered", photo[0:12, 0:12].astype(np.float32))})  # fmt: skip
+    variants = refine_crops([start], size=32, top=1)
+    assert variants and all(v.parent == "off-centre" for v in variants)
+    assert all(v.source == "attribution+refined" for v in variants)
+    for v in variants:
+        x0, y0, x1, y1 = v.box
+        assert 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32 and x1 - x0 == y1 - y0
+        assert v.patch.pixels.shape[:2] == (y1 - y0, x1 - x0)
+    result = successive_halving(
+        redness, [start], screening, pair, top_k=1, budget=10_000, sizes=SIZES,
+        placement=Corners(), refine=lambda field: refine_crops(field, size=32, top=1),
+        refine_count=len(variants),
+    )  # fmt: skip
+    (best,) = result.kept
+    assert best.parent == "off-centre"  # a shifted or larger crop holds more of the red
+    assert result.rounds[-1].candidates == 1 + len(variants)
