@@ -809,7 +809,7 @@ def compare(
             write_csv(out, verdicts)
     shown = verdicts.copy()
     for column in ("reference_best", "rerun_best", "reference_fixed", "rerun_fixed"):
-        shown[column] = [f"{100 * v:.1f} %" if v == v else "-" for v in shown[column]]
+        shown[column] = [f"{100 * v:.1f} %" if pd.notna(v) else "-" for v in shown[column]]
     _print_frame(shown.drop(columns="agrees"), f"{rerun} against {reference}")
     disagree = int((~verdicts["agrees"]).sum())
     if disagree:

@@ -94,7 +94,7 @@ def compare_runs(reference: pd.DataFrame, rerun: pd.DataFrame) -> pd.DataFrame:
             {
                 "row": label,
                 "kind": kind,
-                "n": int(ref["n"]) if ref is not None else int(new["n"]) if new is not None else 0,
+                "n": int((ref if ref is not None else new)["n"]),
                 "reference_patch": "" if ref is None else str(ref["patch"]),
                 "rerun_patch": "" if new is None else str(new["patch"]),
                 "reference_best": _rate(ref, "best_rate"),

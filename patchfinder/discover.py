@@ -159,14 +159,7 @@ def _subset(images: EligibleImages, count: int, seed: int) -> EligibleImages:
     """`count` of the eligible images, drawn without replacement with `seed` (all if fewer)."""
     if len(images) <= count:
         return images
-    chosen = np.sort(np.random.default_rng(seed).choice(len(images), count, replace=False))
-    return EligibleImages(
-        images=images.images[chosen],
-        records=[images.records[i] for i in chosen],
-        clean_probs_dst=images.clean_probs_dst[chosen],
-        n_candidates=images.n_candidates,
-        skipped=images.skipped,
-    )
+    return images.take(np.sort(np.random.default_rng(seed).choice(len(images), count, False)))
 
 
 def controls(

@@ -210,6 +210,16 @@ class EligibleImages:
     def __len__(self) -> int:
         return len(self.images)
 
+    def take(self, indices: np.ndarray) -> EligibleImages:
+        """The images at `indices` (int (m,)), in that order; the load counts stay."""
+        return EligibleImages(
+            images=self.images[indices],
+            records=[self.records[i] for i in indices],
+            clean_probs_dst=self.clean_probs_dst[indices],
+            n_candidates=self.n_candidates,
+            skipped=self.skipped,
+        )
+
 
 def eligible(
     model: Classifier,
@@ -657,14 +667,7 @@ def successive_halving(
         last = number == len(schedule) - 1
         if last and refine is not None:
             field = field + refine(field)  # variants of the best survivors compete with them
-        chosen = np.sort(order[:images])
-        subset = EligibleImages(
-            images=eligible_screening.images[chosen],
-            records=[eligible_screening.records[i] for i in chosen],
-            clean_probs_dst=eligible_screening.clean_probs_dst[chosen],
-            n_candidates=eligible_screening.n_candidates,
-            skipped=eligible_screening.skipped,
-        )
+        subset = eligible_screening.take(np.sort(order[:images]))
         measured = evaluate_patches(
             model, subset, [p.patch for p in field], pair, sizes=by_size[:z],
             placement=placement, seed=seed, batch_size=batch_size, progress=progress,

@@ -183,8 +183,7 @@ def candidate_crops(
             raise ValueError(f"{name} must be at least 1; Received: {name}={value}")
     if not context > 0:
         raise ValueError(f"context must be positive; Received: context={context}")
-    exclude = np.asarray(list(exclude_classes), dtype=np.int64)
-    excluded = np.isin(samples.label, exclude) | np.isin(samples.prediction, exclude)  # (N,)
+    excluded = _excluded(samples, exclude_classes)
     if scores is None:
         score = np.asarray(samples.pair_attribution, dtype=np.float64)
         cells = [cell for cell in rank_cells(atlas.cells) if cell.attribution > 0]
@@ -260,6 +259,12 @@ def cut(files: Sequence[str], boxes: np.ndarray, *, size: int) -> dict[int, np.n
     return pixels
 
 
+def _excluded(samples: ActivationSamples, exclude_classes: Sequence[int]) -> np.ndarray:
+    """bool (N,): the vector's image is labelled or predicted as one of `exclude_classes`."""
+    exclude = np.asarray(list(exclude_classes), dtype=np.int64)
+    return np.isin(samples.label, exclude) | np.isin(samples.prediction, exclude)
+
+
 def _cell_of(atlas: Atlas) -> dict[int, tuple[int, int]]:
     """{sample index: (x, y) of its atlas cell}."""
     return {int(m): (cell.x, cell.y) for cell in atlas.cells for m in cell.members}
@@ -292,19 +297,18 @@ def aimed_crops(
         Proposals (kind "discovered", source "aimed", named `aim-<rank>`, best first), with
         `similarity`, `vector` and the vector's atlas `cell`.
     """
-    vectors = np.asarray(samples.vectors, np.float64)
-    targets = np.asarray(targets, np.float64).reshape(-1, vectors.shape[1] if vectors.size else 0)
     if count < 1:
         raise ValueError(f"count must be at least 1; Received: count={count}")
-    if len(vectors) == 0 or len(targets) == 0:
+    vectors, targets = np.asarray(samples.vectors, np.float64), np.asarray(targets, np.float64)
+    if len(vectors) == 0 or targets.size == 0:
         return []
+    targets = targets.reshape(-1, vectors.shape[1])
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     aims = targets / np.maximum(np.linalg.norm(targets, axis=1, keepdims=True), 1e-12)
     nearest = np.full(len(unit), -np.inf)
     for start in range(0, len(aims), 512):  # (N, 512) at a time: bounded memory
         nearest = np.maximum(nearest, (unit @ aims[start : start + 512].T).max(axis=1))
-    exclude = np.asarray(list(exclude_classes), dtype=np.int64)
-    excluded = np.isin(samples.label, exclude) | np.isin(samples.prediction, exclude)  # (N,)
+    excluded = _excluded(samples, exclude_classes)
     order = np.lexsort((np.arange(len(unit)), -nearest))  # most similar first
     if prefer_other_classes:
         order = np.concatenate([order[~excluded[order]], order[excluded[order]]])

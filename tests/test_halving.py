@@ -34,7 +34,7 @@ def test_the_schedule_stays_in_budget_and_narrows_to_keep(candidates):
     assert all(1 <= i <= 32 and 1 <= z <= 3 for _, i, z in schedule)
 
 
-def test_halving_keeps_the_one_planted_flipper_among_many_duds(redness, bluish_images, rng):
+def test_halving_keeps_the_one_planted_flipper_among_many_duds(redness, bluish_images):
     screening, pair = bluish_images
     duds = [flat(f"grey-{i:02d}", (128 + i % 5, 128, 128 + i % 3)) for i in range(40)]
     planted = flat("red", (255, 0, 0), attribution=0.0)  # the lowest attribution of all
