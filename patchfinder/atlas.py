@@ -20,6 +20,7 @@ umap-learn is imported on first use (see `_umap`), so importing this module is c
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import warnings
 import zipfile
@@ -40,6 +41,21 @@ EXACT_NEIGHBOURS_BELOW = 4096
 # ----------------------------------------------------------------------------- umap-learn
 
 
+def _numba() -> ModuleType:
+    """numba, compiling for a generic CPU of this architecture unless `NUMBA_CPU_NAME` says
+    otherwise (read once, when numba is first imported).
+
+    numba compiles UMAP and pynndescent for the CPU it runs on by default, and the layout
+    amplifies the last-bit differences between instruction sets: the same vectors gave
+    another atlas on an AVX-512 machine than with generic code. Generic code makes the
+    layout a function of the data and seed on every CPU of an architecture, at some speed.
+    """
+    os.environ.setdefault("NUMBA_CPU_NAME", "generic")
+    import numba
+
+    return numba
+
+
 @functools.cache
 def _umap() -> ModuleType:
     """`umap.umap_`, imported without TensorFlow and with numba's on-disk cache switched on.
@@ -53,6 +69,7 @@ def _umap() -> ModuleType:
       makes that a one-off cost per installation. Functions numba cannot cache (closures over
       dynamic globals) just keep compiling per process.
     """
+    _numba()  # first: it sets the CPU numba compiles for
     blocking = "umap" not in sys.modules and "umap.parametric_umap" not in sys.modules
     if blocking:
         sys.modules["umap.parametric_umap"] = None  # type: ignore[assignment]
@@ -203,8 +220,7 @@ def neighbours(
         indices = np.take_along_axis(nearest, order, axis=1)
         dist = np.maximum(np.take_along_axis(near, order, axis=1), 0.0)  # self back to 0
     else:
-        import numba
-
+        numba = _numba()
         if not 1 <= n_jobs <= numba.config.NUMBA_NUM_THREADS:
             raise ValueError(
                 f"n_jobs must be 1..{numba.config.NUMBA_NUM_THREADS} (numba's thread limit); "

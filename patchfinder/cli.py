@@ -389,13 +389,19 @@ PlacementsOption = Annotated[
     typer.Option(help="Where patches go: corners, centre, grid:N, random:N, corners@0,90, a+b."),
 ]
 SeedOption = Annotated[int, typer.Option(help="Seed for every random choice of the run.")]
-RankByOption = Annotated[
+SourcesOption = Annotated[
     str,
     typer.Option(
-        help="Rank the atlas's vectors to crop by 'transfer' (their effect on the src photos) "
-        "or 'attribution' (in their own images)."
+        help="Where candidate crops come from, comma-separated: 'attribution' (cells favouring "
+        "dst in their own images), 'transfer' (their effect on the src photos), 'aimed' "
+        "(nearest to the optimised patch's features)."
     ),
 ]
+DEFAULT_SOURCES_TEXT = "attribution,transfer,aimed"
+
+
+def _sources(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def _sizes(text: str) -> tuple[float, ...]:
@@ -430,7 +436,10 @@ def propose(
     atlas_dir: Annotated[Path, typer.Option("--atlas", help="A folder written by `atlas`.")],
     out: Annotated[Path, typer.Option(help="Output folder for the patches.")] = Path("proposals"),
     top_k: Annotated[int, typer.Option(min=1, help="How many proposals to keep.")] = 10,
-    rank_by: RankByOption = "attribution",
+    sources: SourcesOption = DEFAULT_SOURCES_TEXT,
+    optimize_steps: Annotated[
+        int, typer.Option(min=0, help="Steps of the optimised patch that aims 'aimed' crops.")
+    ] = 100,
     images: Annotated[
         list[Path] | None,
         typer.Option("--images", help="src photos to screen the proposals on (optional)."),
@@ -447,6 +456,7 @@ def propose(
     from patchfinder.activations import load_samples
     from patchfinder.atlas import load_atlas
     from patchfinder.data import find_images
+    from patchfinder.discover import adversary
     from patchfinder.discover import propose as run_propose
     from patchfinder.evaluate import eligible
     from patchfinder.paste import parse_placements
@@ -463,22 +473,30 @@ def propose(
             screening = eligible(
                 classifier, find_images(images).filter([result.pair.src]), result.pair
             )
+        chosen = _sources(sources)
         with _stages() as report:
+            optimized = None
+            if screening is not None and "aimed" in chosen:
+                optimized = adversary(
+                    classifier, screening, result.pair, steps=optimize_steps,
+                    sizes=_sizes(sizes), seed=seed, progress=report,
+                )  # fmt: skip
             proposals = run_propose(
-                classifier, result, samples, screening, result.pair, top_k=top_k, rank_by=rank_by,
-                sizes=_sizes(sizes), placement=parse_placements(placements), seed=seed,
-                progress=report,
-            )  # fmt: skip
+                classifier, result, samples, screening, result.pair, adversary=optimized,
+                sources=chosen, top_k=top_k, sizes=_sizes(sizes),
+                placement=parse_placements(placements), seed=seed, progress=report,
+            ).kept  # fmt: skip
         write_proposals(proposals, out)
     shown = Table(title=f"proposals for {result.pair}")
-    for column in ("patch", "from", "cell", "attribution", "screened"):
+    for column in ("patch", "source", "from", "cell", "attribution", "screened"):
         shown.add_column(column, overflow="fold")
     for p in proposals:
         screened = f"{p.screening_rate:.0%} of {p.screening_n}" if p.screening_n else "-"
-        source = f"{Path(p.source_file).name} ({p.source_class or '?'})"
+        origin = f"{Path(p.source_file).name} ({p.source_class or '?'})"
         shown.add_row(
-            p.patch.name, source, f"{p.cell[0]},{p.cell[1]}", f"{p.attribution:+.3g}", screened
-        )
+            p.patch.name, p.source, origin, f"{p.cell[0]},{p.cell[1]}", f"{p.attribution:+.3g}",
+            screened,
+        )  # fmt: skip
     console.print(shown)
     err.print(f"wrote {len(proposals)} proposals to {out}", highlight=False)
 
@@ -571,7 +589,11 @@ def discover(
         typer.Option("--patches", help="Given patches to evaluate beside the discovered ones."),
     ] = None,
     top_k: Annotated[int, typer.Option(min=1, help="Discovered patches to keep.")] = 10,
-    rank_by: RankByOption = "attribution",
+    sources: SourcesOption = DEFAULT_SOURCES_TEXT,
+    halving: Annotated[
+        bool,
+        typer.Option(help="Screen by successive halving (else every candidate alike, fewer)."),
+    ] = True,
     samples_per_image: Annotated[int, typer.Option(min=1)] = 16,
     grid: Annotated[int, typer.Option(min=2)] = 20,
     sizes: SizesOption = "0.2,0.3,0.4,0.5",
@@ -603,7 +625,7 @@ def discover(
                 classifier, find_images(pool, classes=classifier.classes),
                 find_images(images, classes=classifier.classes), class_pair, given=given,
                 layer=layer, samples_per_image=samples_per_image, grid=grid, top_k=top_k,
-                rank_by=rank_by,
+                sources=_sources(sources), halving=halving,
                 sizes=chosen_sizes, placement=placement, random_crops=random_crops,
                 optimize_steps=optimize_steps, seed=seed, progress=report,
             )  # fmt: skip
@@ -613,7 +635,8 @@ def discover(
                 "pair": str(class_pair), "pool": [str(p) for p in pool],
                 "images": [str(p) for p in images],
                 "patches": [str(p) for p in patches or []], "sizes": list(chosen_sizes),
-                "placements": str(placement), "top_k": top_k, "rank_by": rank_by, "seed": seed,
+                "placements": str(placement), "top_k": top_k, "sources": list(_sources(sources)),
+                "halving": halving, "seed": seed,
                 "samples_per_image": samples_per_image, "grid": grid,
                 "random_crops": random_crops, "optimize_steps": optimize_steps,
                 "n_evaluation": len(result.evaluation), "n_screening": len(result.screening),

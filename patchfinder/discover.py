@@ -1,43 +1,64 @@
 """The top-level recipes: each reads as one call per stage.
 
 samples, atlas = pair_atlas(model, pool, pair)                       # activations, atlas
-proposals = propose(model, atlas, samples, screening, pair)          # crops, screened
+optimized = adversary(model, screening, pair)                        # the attacker's patch
+search = propose(model, atlas, samples, screening, pair, adversary=optimized)  # screened
 result = discover(model, pool, images, pair)                         # all of it, measured
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from patchfinder.activations import collect, pair_direction
+from patchfinder.activations import collect, footprint_vectors, pair_direction
 from patchfinder.atlas import Atlas, build_atlas
 from patchfinder.data import ImageSet, LoadSummary
 from patchfinder.evaluate import (
     EligibleImages,
     FlipTable,
+    Round,
+    Screening,
     Split,
     eligible,
     evaluate_patches,
+    exhaustive_cost,
     screen,
     split_images,
+    successive_halving,
 )
 from patchfinder.model import Classifier
 from patchfinder.optimize import optimize_patch
-from patchfinder.paste import DEFAULT_SIZES, Corners, Placement
+from patchfinder.paste import (
+    DEFAULT_SIZES,
+    Corners,
+    Placement,
+    paste_batch,
+    patch_side,
+    resize_patch,
+)
 from patchfinder.proposals import (
+    REFINEMENTS,
+    SOURCES,
+    aimed_crops,
     candidate_crops,
     deduplicate,
     noise_patch,
+    refine_crops,
 )
 from patchfinder.proposals import random_crops as natural_crops  # `random_crops` is a count here
 from patchfinder.types import ActivationSamples, ClassPair, Patch, Proposal
 
-#: How `propose` ranks the atlas's vectors for cropping.
-RANKINGS = ("attribution", "transfer")
+#: Where `propose` takes candidates from by default: all of `proposals.SOURCES`.
+DEFAULT_SOURCES = SOURCES
+#: How many of the best survivors `propose` refines (each in `len(REFINEMENTS)` ways).
+REFINE_TOP = 5
 #: progress(stage, done, total): one bar per stage in the CLI.
 Progress = Callable[[str, int, int], None]
 
@@ -100,59 +121,148 @@ def propose(
     screening: EligibleImages | None,
     pair: ClassPair,
     *,
+    adversary: Patch | None = None,
+    sources: Sequence[str] = DEFAULT_SOURCES,
     top_k: int = 10,
     sizes: Sequence[float] = DEFAULT_SIZES,
     placement: Placement = Corners(),  # noqa: B008 (a frozen value)
+    aimed: int = 150,
+    halving: bool = True,
+    refine: bool = True,
     max_screening: int = 32,
-    rank_by: str = "attribution",
+    budget: int | None = None,
     seed: int = 0,
     progress: Progress | None = None,
-) -> list[Proposal]:
-    """Natural crops from the cells that most favour dst, near-duplicates dropped, screened on
+) -> Screening:
+    """Natural crops from the atlas's `sources`, near-duplicates dropped, screened on
     `screening` (src images the model gets right) and cut to the `top_k` that flip most.
 
-    Crops from src or dst images are used only where a cell has nothing else: the point is
-    to find *other* classes' features that push src toward dst. Without screening images the
-    `top_k` highest-attribution crops are returned unscreened. Screening uses at most
-    `max_screening` images: it ranks candidates, so it needs fewer images than evaluation.
+    Sources (see `proposals.SOURCES`; every proposal's `source` says which it came from):
+    "attribution", the cells that most favour dst in their own images (the atlas's colour);
+    "transfer", the cells whose vectors, dotted with `pair_direction` on the screening
+    images, would push src photos most toward dst; "aimed", the `aimed` pool vectors most
+    similar to `adversary`'s (the optimised patch pasted on the screening images), as in
+    SNAFUE. Crops of src or dst photos are used only where there is nothing else: the point
+    is to find *other* classes' features that push src toward dst.
 
-    `rank_by` picks the cells and vectors to crop: "attribution" by their pair attribution
-    in their own images (the atlas's colouring); "transfer" by their dot product with
-    `pair_direction` on the screening images, what the feature would do pasted onto src
-    photos (needs screening images; without them attribution is used).
+    Screening spends at most `budget` pasted images (forward passes), by default what the
+    exhaustive screening of the attribution candidates on `max_screening` images costs, so
+    that many more candidates cost no more. With `halving`, `successive_halving` spends it
+    (with `refine`, the best five survivors' crops are rescaled and shifted in the last
+    round); without, every candidate is pasted at every setting on `max_screening` images
+    (`screen`, the old way, whatever the budget). Without screening images the `top_k`
+    highest-attribution candidates are returned unscreened.
+
+    Returns:
+        A `Screening`: the kept proposals (best first), each round's cost, the candidates
+        per source and the budget.
     """
-    if rank_by not in RANKINGS:
-        raise ValueError(f"rank_by must be one of {', '.join(RANKINGS)}; Received: {rank_by!r}")
-    scores = None
-    if rank_by == "transfer" and screening is not None and len(screening):
+    unknown = sorted(set(sources) - set(SOURCES))
+    if unknown or not sources:
+        raise ValueError(
+            f"sources must be some of {', '.join(SOURCES)}; Received: {', '.join(sources) or '()'}"
+        )
+    have_images = screening is not None and len(screening) > 0
+    by_source = {
+        source: _candidates(model, atlas, samples, screening, pair, source, adversary=adversary,
+                            count=aimed, sizes=sizes, placement=placement, seed=seed)
+        for source in dict.fromkeys(["attribution", *sources])
+    }  # fmt: skip
+    crops = deduplicate([crop for source in sources for crop in by_source[source]])
+    counts = dict(Counter(crop.source for crop in crops))
+    if not have_images:
+        kept = sorted(crops, key=lambda p: -p.attribution)[:top_k]
+        return Screening(kept=kept, rounds=[], candidates=counts)
+    assert screening is not None
+    positions = len(placement.layout(model.input_size, sizes, np.random.default_rng(seed))[0])
+    subset = _subset(screening, max_screening, seed)
+    if budget is None:  # the old screening's cost, for the attribution candidates it screened
+        old = len(deduplicate(by_source["attribution"]))
+        budget = exhaustive_cost(old, len(subset), len(sizes), positions)
+    cost = exhaustive_cost(len(crops), len(subset), len(sizes), positions)
+    if not halving:
+        kept = screen(
+            model, crops, subset, pair, top_k=top_k, sizes=sizes, placement=placement,
+            seed=seed, progress=_stage(progress, "screening", cost),
+        )  # fmt: skip
+        rounds = [Round(len(crops), len(subset), tuple(sizes), cost, len(kept))]
+        return Screening(kept, rounds, candidates=counts, budget=budget, exhaustive=cost)
+    refined = None
+    if refine:
+        refined = functools.partial(refine_crops, size=model.input_size, top=REFINE_TOP)
+    search = successive_halving(
+        model, crops, screening, pair, top_k=top_k, budget=budget, refine=refined,
+        refine_count=REFINE_TOP * len(REFINEMENTS), sizes=sizes, placement=placement,
+        seed=seed, progress=_stage(progress, "screening", budget),
+    )  # fmt: skip
+    return dataclasses.replace(search, exhaustive=cost)
+
+
+def _candidates(
+    model: Classifier,
+    atlas: Atlas,
+    samples: ActivationSamples,
+    screening: EligibleImages | None,
+    pair: ClassPair,
+    source: str,
+    *,
+    adversary: Patch | None,
+    count: int,
+    sizes: Sequence[float],
+    placement: Placement,
+    seed: int,
+) -> list[Proposal]:
+    """One source's unscreened crops ([] where it needs screening images or an adversary
+    that are missing)."""
+    have_images = screening is not None and len(screening) > 0
+    others = {"exclude_classes": [pair.src.index, pair.dst.index], "classes": model.classes}
+    if source == "attribution":
+        return candidate_crops(atlas, samples, **others)
+    if not have_images:
+        return []
+    assert screening is not None
+    if source == "transfer":
         direction = pair_direction(model, screening.images, pair, layer=atlas.layer)  # (D,)
         scores = np.asarray(samples.vectors, np.float64) @ direction  # (N,)
-    crops = deduplicate(
-        candidate_crops(
-            atlas,
-            samples,
-            exclude_classes=[pair.src.index, pair.dst.index],
-            classes=model.classes,
-            scores=scores,
-        )
-    )
-    if screening is None or len(screening) == 0:
-        return sorted(crops, key=lambda p: -p.attribution)[:top_k]
-    screening = _subset(screening, max_screening, seed)
-    settings = len(sizes) * len(
-        placement.layout(model.input_size, sizes, np.random.default_rng(seed))[0]
-    )
-    return screen(
-        model,
-        crops,
-        screening,
-        pair,
-        top_k=top_k,
-        sizes=sizes,
-        placement=placement,
+        return candidate_crops(atlas, samples, scores=scores, source="transfer", **others)
+    if adversary is None:
+        return []
+    targets = adversary_features(
+        model, adversary, screening, layer=atlas.layer, sizes=sizes, placement=placement,
         seed=seed,
-        progress=_stage(progress, "screening", len(crops) * settings * len(screening)),
-    )
+    )  # fmt: skip
+    return aimed_crops(atlas, samples, targets, count=count, **others)
+
+
+def adversary_features(
+    model: Classifier,
+    patch: Patch,
+    images: EligibleImages,
+    *,
+    layer: str,
+    sizes: Sequence[float] = DEFAULT_SIZES,
+    placement: Placement = Corners(),  # noqa: B008 (a frozen value)
+    max_images: int = 32,
+    seed: int = 0,
+) -> np.ndarray:
+    """What `patch` looks like to `layer`: its activation vectors inside its footprint, pasted
+    at every size and position of `placement` (unrotated boxes) on at most `max_images` of
+    `images` (a seeded subset). Costs sizes x positions x images forward passes.
+
+    Returns:
+        float32 (A, D), for `proposals.aimed_crops`.
+    """
+    images = _subset(images, max_images, seed)
+    size = model.input_size
+    layouts = placement.layout(size, sizes, np.random.default_rng(seed))
+    found = []
+    for fraction, positions in zip(sizes, layouts, strict=True):
+        side = patch_side(fraction, size)
+        pasted = paste_batch(images.images, resize_patch(patch.pixels, side)[None], positions)
+        boxes = [(p.x, p.y, p.x + side, p.y + side) for p in positions]
+        boxes = np.repeat(np.asarray(boxes), len(images), axis=0)  # position-major, as pasted
+        found.append(footprint_vectors(model, pasted.numpy(), boxes, layer=layer))
+    return np.concatenate(found)
 
 
 def _subset(images: EligibleImages, count: int, seed: int) -> EligibleImages:
@@ -165,21 +275,14 @@ def _subset(images: EligibleImages, count: int, seed: int) -> EligibleImages:
 def controls(
     model: Classifier,
     pool: ImageSet,
-    screening: EligibleImages,
-    pair: ClassPair,
     *,
     crop_sides: tuple[float, float] = (0.2, 0.5),
     random_crops: int = 5,
-    optimize_steps: int = 100,
-    sizes: Sequence[float] = DEFAULT_SIZES,
     seed: int = 0,
-    progress: Progress | None = None,
 ) -> list[Patch]:
-    """The patches every discovery is measured against: uniform noise (chance), random
-    natural crops of the same pool at the discovered crops' sides, `crop_sides` (fractions
-    of the input side: is the atlas needed, or would any natural crop do?) and a
-    gradient-optimised patch trained on the screening images (Brown et al. 2017: what an
-    attacker could reach)."""
+    """The natural controls every discovery is measured against: uniform noise (chance) and
+    random natural crops of the same pool at the discovered crops' sides, `crop_sides`
+    (fractions of the input side: is the atlas needed, or would any natural crop do?)."""
     rng = np.random.default_rng(seed)
     side = model.input_size // 4
     patches = [noise_patch(side, rng=rng)]
@@ -187,19 +290,28 @@ def controls(
         patches += natural_crops(
             pool, count=random_crops, size=model.input_size, rng=rng, side_range=crop_sides
         )
-    if optimize_steps > 0 and len(screening):
-        patches.append(
-            optimize_patch(
-                model,
-                screening,
-                pair,
-                steps=optimize_steps,
-                sizes=sizes,
-                seed=seed,
-                progress=_stage(progress, "optimizing", optimize_steps),
-            )
-        )
     return patches
+
+
+def adversary(
+    model: Classifier,
+    screening: EligibleImages,
+    pair: ClassPair,
+    *,
+    steps: int = 100,
+    sizes: Sequence[float] = DEFAULT_SIZES,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> Patch | None:
+    """The gradient-optimised patch trained on the screening images (Brown et al. 2017: what
+    an attacker could reach), the upper-bound control and the aim of the "aimed" crops;
+    None without steps or screening images."""
+    if steps <= 0 or len(screening) == 0:
+        return None
+    return optimize_patch(
+        model, screening, pair, steps=steps, sizes=sizes, seed=seed,
+        progress=_stage(progress, "optimizing", steps),
+    )  # fmt: skip
 
 
 @dataclass
@@ -213,6 +325,7 @@ class Discovery:
         proposals: the discovered patches with their provenance, best screened first.
         patches: every patch evaluated (given, discovered, controls), in table order.
         table: the flip outcomes on the evaluation images.
+        search: how the proposals were screened: candidates per source, rounds, cost.
     """
 
     samples: ActivationSamples
@@ -223,6 +336,7 @@ class Discovery:
     proposals: list[Proposal]
     patches: list[Patch]
     table: FlipTable
+    search: Screening
 
     @property
     def missing_proposals(self) -> str:
@@ -230,11 +344,13 @@ class Discovery:
         if self.proposals:
             return ""
         pair = self.atlas.pair
+        sources = ", ".join(self.search.candidates) or "the sources asked for"
         return (
-            f"No discovered patch: no atlas cell at layer {self.atlas.layer} favours "
-            f"{pair.dst.name} over {pair.src.name} (none has a positive mean attribution, or "
-            "their source images failed to decode), so nothing was proposed or evaluated. Try "
-            "another layer, a larger pool, or ranking by transfer."
+            f"No discovered patch: no candidate came from {sources} at layer "
+            f"{self.atlas.layer} (no atlas cell favours {pair.dst.name} over {pair.src.name}, "
+            "no optimised patch aimed the search, or the source images failed to decode), so "
+            "nothing was proposed or evaluated. Try another layer, a larger pool, or the "
+            "'aimed' source."
         )
 
 
@@ -253,7 +369,10 @@ def discover(
     placement: Placement = Corners(),  # noqa: B008 (a frozen value)
     screening_fraction: float = 0.5,
     max_evaluation: int | None = None,
-    rank_by: str = "attribution",
+    sources: Sequence[str] = DEFAULT_SOURCES,
+    aimed: int = 150,
+    halving: bool = True,
+    refine: bool = True,
     random_crops: int = 5,
     optimize_steps: int = 100,
     seed: int = 0,
@@ -263,22 +382,16 @@ def discover(
     """Atlas, proposals, controls and evaluation for one class pair, without a human.
 
     `images` supplies the src photos (others are ignored); they are split, seeded, into a
-    screening part that picks the proposals (and trains the optimised patch) and an
-    evaluation part on which every patch, `given` ones included, is measured. With
-    `max_evaluation`, a seeded subset of that many eligible evaluation images bounds the cost
-    (`Discovery.evaluation` lists the ones measured).
+    screening part that picks the proposals (and trains the optimised patch they are aimed
+    by) and an evaluation part on which every patch, `given` ones included, is measured.
+    With `max_evaluation`, a seeded subset of that many eligible evaluation images bounds the
+    cost (`Discovery.evaluation` lists the ones measured). `sources`, `aimed`, `halving` and
+    `refine` go to `propose`.
     """
     samples, atlas = pair_atlas(
-        model,
-        pool,
-        pair,
-        layer=layer,
-        samples_per_image=samples_per_image,
-        grid=grid,
-        seed=seed,
-        cache=cache,
-        progress=progress,
-    )
+        model, pool, pair, layer=layer, samples_per_image=samples_per_image, grid=grid,
+        seed=seed, cache=cache, progress=progress,
+    )  # fmt: skip
     split = split_images(
         images.filter([pair.src]), screening_fraction=screening_fraction, seed=seed
     )
@@ -288,34 +401,28 @@ def discover(
     )
     if max_evaluation is not None:
         evaluation = _subset(evaluation, max_evaluation, seed)
-    proposals = propose(
-        model,
-        atlas,
-        samples,
-        screening,
-        pair,
-        top_k=top_k,
-        sizes=sizes,
-        placement=placement,
-        rank_by=rank_by,
-        seed=seed,
-        progress=progress,
+    optimized = adversary(
+        model, screening, pair, steps=optimize_steps, sizes=sizes, seed=seed, progress=progress
     )
+    search = propose(
+        model, atlas, samples, screening, pair, adversary=optimized, sources=sources,
+        top_k=top_k, sizes=sizes, placement=placement, aimed=aimed, halving=halving,
+        refine=refine, seed=seed, progress=progress,
+    )  # fmt: skip
+    proposals = search.kept
     baselines = controls(
         model,
         pool,
-        screening,
-        pair,
         crop_sides=_crop_sides(proposals, model.input_size),
         random_crops=random_crops,
-        optimize_steps=optimize_steps,
-        sizes=sizes,
         seed=seed,
-        progress=progress,
     )
     patches = [*given, *(p.patch for p in proposals), *baselines]
+    patches += [optimized] if optimized is not None else []
     table = _evaluate(model, evaluation, patches, pair, sizes, placement, seed, progress)
-    return Discovery(samples, atlas, split, screening, evaluation, proposals, patches, table)
+    return Discovery(
+        samples, atlas, split, screening, evaluation, proposals, patches, table, search
+    )
 
 
 def _crop_sides(proposals: Sequence[Proposal], size: int) -> tuple[float, float]:

@@ -21,6 +21,7 @@ arrays without a model.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -561,10 +562,46 @@ class Screening:
     Attributes:
         kept: the kept proposals, best first, each with the rate and n of its last round.
         rounds: the rounds, in order.
+        candidates: how many candidates each source gave ({source: count}, first round).
+        budget: the pasted images the screening was allowed (0: unbudgeted).
+        exhaustive: what screening every candidate at every setting on the images the budget
+            was set for would have cost (0: not computed).
     """
 
     kept: list[Proposal]
     rounds: list[Round]
+    candidates: dict[str, int] = dataclasses.field(default_factory=dict)
+    budget: int = 0
+    exhaustive: int = 0
+
+    def table(self) -> pd.DataFrame:
+        """One row per round: round, candidates, images, sizes, pasted, kept."""
+        rows = [
+            {"round": number, **dataclasses.asdict(r), "sizes": " ".join(map(str, r.sizes))}
+            for number, r in enumerate(self.rounds, start=1)
+        ]
+        columns = ["round", "candidates", "images", "sizes", "pasted", "kept"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def describe(self) -> str:
+        """One sentence for a report: candidates per source, rounds and cost."""
+        if not self.rounds:
+            return ""
+        sources = ", ".join(f"{count} {source}" for source, count in self.candidates.items())
+        kept = " -> ".join(str(r.candidates) for r in self.rounds)
+        text = (
+            f"Screening: {sum(self.candidates.values())} candidates ({sources}); "
+            f"{len(self.rounds)} round(s) measured {kept} candidates (refined variants "
+            f"included) and kept {self.rounds[-1].kept}, at {self.pasted:,} pasted images"
+        )
+        if self.budget:
+            text += f" of a budget of {self.budget:,}"
+        if self.exhaustive:
+            text += (
+                f"; screening every candidate at every setting would have cost "
+                f"{self.exhaustive:,} ({self.exhaustive / max(self.pasted, 1):.1f}x)"
+            )
+        return text + "."
 
     @property
     def pasted(self) -> int:
@@ -653,8 +690,9 @@ def successive_halving(
     """
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1; Received: top_k={top_k}")
+    sources = dict(Counter(p.source for p in proposals))
     if not proposals or len(eligible_screening) == 0:
-        return Screening(kept=[], rounds=[])
+        return Screening(kept=[], rounds=[], candidates=sources, budget=budget)
     order = np.random.default_rng(seed).permutation(len(eligible_screening))
     by_size = sorted(sizes, reverse=True)
     positions = len(placement.layout(model.input_size, sizes, np.random.default_rng(seed))[0])
@@ -680,7 +718,7 @@ def successive_halving(
         measured_count = len(measured.patches)
         pasted = exhaustive_cost(measured_count, images, z, positions)
         rounds.append(Round(measured_count, images, tuple(by_size[:z]), pasted, len(field)))
-    return Screening(kept=field, rounds=rounds)
+    return Screening(kept=field, rounds=rounds, candidates=sources, budget=budget)
 
 
 def _best_of_families(ranked: Sequence[Proposal]) -> list[Proposal]:

@@ -30,7 +30,11 @@ names a dataset of `datasets.DATASETS`, so a missing one can be named with its s
     layer = "block5c"                         # optional: the model's default layer
     top_k = 10
     random_crops = 10
-    optimize_steps = 60
+    optimize_steps = 60                       # the optimised patch, which aims the "aimed" crops
+    sources = ["attribution", "transfer", "aimed"]  # where candidates come from (the default)
+    aimed = 150                               # how many aimed crops
+    halving = true                            # successive halving (false: screen all alike)
+    refine = true                             # rescale and shift the best crops
 
     [article]                                 # its published figures for this pair
     model = "InceptionV1 (GoogLeNet)"
@@ -71,11 +75,11 @@ from patchfinder.config import (
 )
 from patchfinder.data import find_images
 from patchfinder.datasets import DATASETS
-from patchfinder.discover import RANKINGS, Discovery, Progress, discover
+from patchfinder.discover import Discovery, Progress, discover
 from patchfinder.labels import imagenet
 from patchfinder.model import Classifier
 from patchfinder.paste import parse_placements
-from patchfinder.proposals import read_patches
+from patchfinder.proposals import SOURCES, read_patches
 from patchfinder.report import percent, write_discovery
 from patchfinder.types import ClassPair
 
@@ -95,7 +99,8 @@ _TOP_KEYS = ("name", "title", "pair", "data", "evaluation", "discovery", "articl
 _DATA_KEYS = ("pool", "images", "patches", "noise")
 _EVALUATION_KEYS = ("sizes", "placements", "seed", "screening_fraction", "max_evaluation")
 _DISCOVERY_KEYS = (
-    "layer", "top_k", "samples_per_image", "grid", "random_crops", "optimize_steps", "rank_by",
+    "layer", "top_k", "samples_per_image", "grid", "random_crops", "optimize_steps", "sources",
+    "aimed", "halving", "refine",
 )  # fmt: skip
 _ARTICLE_KEYS = (
     "model", "data", "n", "best_rate", "fixed_rate", "noise_best_rate", "noise_fixed_rate",
@@ -274,11 +279,15 @@ def read_experiment(path: str | Path) -> Experiment:
         if key == "layer":
             if not isinstance(value, str) or not value:
                 problems.append(f"discovery.layer: expected a layer name; Received {value!r}")
-        elif key == "rank_by":
-            if value not in RANKINGS:
+        elif key == "sources":
+            if not (isinstance(value, list) and value and all(v in SOURCES for v in value)):
                 problems.append(
-                    f"discovery.rank_by: expected one of {', '.join(RANKINGS)}; Received {value!r}"
+                    f"discovery.sources: expected a list of some of {', '.join(SOURCES)}; "
+                    f"Received {value!r}"
                 )
+        elif key in ("halving", "refine"):
+            if not isinstance(value, bool):
+                problems.append(f"discovery.{key}: expected true or false; Received {value!r}")
         else:
             check_whole(value, f"discovery.{key}", problems, minimum=0)
     article = _published(sections["article"], problems)

@@ -170,8 +170,9 @@ def candidate_crops(
         scores: float (N,) per-vector scores to rank by; None: `samples.pair_attribution`.
         source: what the proposals' `source` says ("transfer" when `scores` are that).
     Returns:
-        Unscreened proposals (kind "discovered", named `cell<x>-<y>-<rank letter>`), by cell
-        rank then attribution, best first; `screening_rate` is nan.
+        Unscreened proposals (kind "discovered", named `cell<x>-<y>-<rank letter>`, with
+        `<source>-` in front for another source than "attribution"), by cell rank then
+        attribution, best first; `screening_rate` is nan.
     """
     if len(atlas.xy) != len(samples):
         raise ValueError(
@@ -213,6 +214,7 @@ def candidate_crops(
     ]
     if not picks:
         return []
+    prefix = "" if source == "attribution" else f"{source}-"  # names stay unique across sources
     indices = np.asarray([index for _, _, index in picks])
     crops = crop_boxes(samples, indices, context=context, min_side=min_side)  # (P, 4)
     files = [samples.files[int(i)] for i in samples.image[indices]]
@@ -220,7 +222,7 @@ def candidate_crops(
     return [
         Proposal(
             patch=Patch(
-                name=f"cell{cell.x:02d}-{cell.y:02d}-{_letters(rank)}",
+                name=f"{prefix}cell{cell.x:02d}-{cell.y:02d}-{_letters(rank)}",
                 kind="discovered",
                 pixels=pixels[pick],
             ),

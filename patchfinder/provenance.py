@@ -72,6 +72,14 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def _numba_cpu_name() -> str:
+    """The CPU numba compiles the layout for: what it read when imported (the atlas makes it
+    "generic"), else what it would read now; "host" is numba's own default."""
+    numba = sys.modules.get("numba")
+    name = numba.config.CPU_NAME if numba is not None else os.environ.get("NUMBA_CPU_NAME")
+    return name or "host"
+
+
 def provenance(**details: object) -> dict[str, object]:
     """A JSON-ready record: the caller's `details` (model, weights, data, seed, ...) plus the
     environment (versions, git commit, Python, platform, UTC time). A detail the caller
@@ -83,8 +91,7 @@ def provenance(**details: object) -> dict[str, object]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu": _cpu_name(),
-        # numba compiles the UMAP layout for this CPU unless told otherwise (README).
-        "numba_cpu_name": os.environ.get("NUMBA_CPU_NAME", "host"),
+        "numba_cpu_name": _numba_cpu_name(),
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return {**details, **{k: v for k, v in environment.items() if k not in details}}

@@ -356,6 +356,7 @@ def write_discovery(
     discovered = {p.patch.name for p in discovery.proposals}
     others = [patch for patch in discovery.patches if patch.name not in discovered]
     written["proposals"] = write_proposals([*discovery.proposals, *others], folder / "proposals")
+    written["screening"] = write_csv(folder / "screening.csv", discovery.search.table())
     summary = discovery.table.summary()
     examples = example_grid(
         model,
@@ -370,6 +371,8 @@ def write_discovery(
     notes = evaluation_notes(model, pair, discovery.evaluation, screening=len(discovery.screening))
     if discovery.missing_proposals:
         notes.insert(0, discovery.missing_proposals)
+    if discovery.search.describe():
+        notes.append(discovery.search.describe())
     written.update(
         write_report(
             folder,

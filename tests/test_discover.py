@@ -78,18 +78,25 @@ def test_discover_writes_everything_with_a_disjoint_split(world, tmp_path, monke
         assert (out / "proposals" / f"{file}.png").is_file()
 
 
-def test_discover_can_rank_crops_by_their_effect_on_src_photos(world, tmp_path, monkeypatch):
+def test_discover_takes_its_candidates_from_the_sources_asked_for(world, tmp_path, monkeypatch):
     model_path, labels, pool, src, pair, _ = world
     monkeypatch.setenv("PATCHFINDER_CACHE", str(tmp_path / "cache"))
     common = (
         "discover", "--pool", str(pool), "--images", str(src), "--pair", pair,
         "--model", str(model_path), "--labels", str(labels), "--preprocess", "unit",
         "--layer", "conv2", "--samples-per-image", "4", "--grid", "3", "--top-k", "2",
-        "--sizes", "0.5", "--random-crops", "0", "--optimize-steps", "0",
+        "--sizes", "0.5", "--random-crops", "0", "--optimize-steps", "3",
     )  # fmt: skip
-    out = tmp_path / "transfer"
-    result = run_cli(*common, "--out", str(out), "--rank-by", "transfer")
-    assert result.exit_code == 0, result.output
-    assert json.loads((out / "provenance.json").read_text())["rank_by"] == "transfer"
-    result = run_cli(*common, "--out", str(tmp_path / "bad"), "--rank-by", "magic")
-    assert result.exit_code == 2 and "rank_by must be one of attribution, transfer" in result.output
+    for sources in ("transfer", "aimed"):
+        out = tmp_path / sources
+        result = run_cli(*common, "--out", str(out), "--sources", sources)
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "provenance.json").read_text())["sources"] == [sources]
+        made = pd.read_csv(out / "proposals" / "proposals.csv")
+        found = made[made["kind"] == "discovered"]["source"]
+        assert set(found) <= {sources, f"{sources}+refined"}
+        rounds = pd.read_csv(out / "screening.csv")
+        assert rounds.empty or rounds["kept"].iloc[-1] == len(found)
+    assert len(found) > 0  # aimed crops need no cell to favour dst: the nearest are taken
+    result = run_cli(*common, "--out", str(tmp_path / "bad"), "--sources", "magic")
+    assert result.exit_code == 2 and "sources must be some of" in result.output

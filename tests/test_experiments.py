@@ -215,7 +215,9 @@ def tiny_root(tmp_path, rng):
     return _tiny_root(tmp_path, rng, lean=1.0)
 
 
-def _tiny_root(tmp_path, rng, *, lean: float):
+def _tiny_root(
+    tmp_path, rng, *, lean: float, sources: str = '["attribution", "transfer", "aimed"]'
+):
     classes = imagenet()
     src_name, dst_name = "snorkel", "scuba_diver"
     model = tiny_cnn(num_classes=1000)
@@ -253,7 +255,10 @@ def _tiny_root(tmp_path, rng, *, lean: float):
         )
         writer.writerow(["random.png", "noise"])
     experiment = tmp_path / "tiny.toml"
-    experiment.write_text(EXPERIMENT.format(pair=f"{src_name}:{dst_name}"))
+    text = EXPERIMENT.format(pair=f"{src_name}:{dst_name}")
+    experiment.write_text(
+        text.replace("optimize_steps = 2\n", f"optimize_steps = 2\nsources = {sources}\n")
+    )
     return root, model_path, experiment, len(pixels)
 
 
@@ -308,7 +313,11 @@ def test_reproduce_writes_the_side_by_side_table_and_is_deterministic(
 
 
 def test_a_run_without_proposals_says_so_in_the_summary_and_the_output(tmp_path, rng, monkeypatch):
-    root, model_path, experiment, _ = _tiny_root(tmp_path, rng, lean=-1.0)  # all favour src
+    # Every vector favours src, so no cell favours dst by attribution or by transfer (aimed
+    # crops are the nearest to the optimised patch, whatever they favour: left out).
+    root, model_path, experiment, _ = _tiny_root(
+        tmp_path, rng, lean=-1.0, sources='["attribution", "transfer"]'
+    )
     monkeypatch.chdir(tmp_path / "data" / "imagenet-samples")
     monkeypatch.setenv("PATCHFINDER_DATA", "..")  # relative: the current directory's parent
     result = run_cli(
