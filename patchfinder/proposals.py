@@ -399,7 +399,7 @@ def refine_crops(
 def _class_name(label: int, atlas: Atlas, classes: ClassList | None) -> str:
     if label < 0:
         return ""
-    if classes is not None:
+    if classes is not None and label < len(classes):  # else a label the model lacks
         return classes[label].name
     for known in (atlas.pair.src, atlas.pair.dst):
         if known.index == label:

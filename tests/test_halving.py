@@ -8,13 +8,16 @@ import pytest
 import test_proposals
 from PIL import Image
 
+from patchfinder.discover import adversary_features, propose
 from patchfinder.evaluate import exhaustive_cost, halving_schedule, successive_halving
 from patchfinder.paste import Corners
-from patchfinder.proposals import refine_crops
+from patchfinder.proposals import aimed_crops, refine_crops
 
-# The model whose answer is known, and its images, shared with test_proposals.
-redness, bluish_images, flat = (
-    test_proposals.redness, test_proposals.bluish_images, test_proposals.flat
+# The model whose answer is known, its images and the synthetic atlas, shared with
+# test_proposals.
+redness, bluish_images, flat, atlas_and_samples, S = (
+    test_proposals.redness, test_proposals.bluish_images, test_proposals.flat,
+    test_proposals.atlas_and_samples, test_proposals.S,
 )  # fmt: skip
 
 SIZES = (0.2, 0.3, 0.4)
@@ -81,3 +84,49 @@ def test_refined_variants_compete_and_one_per_family_is_kept(redness, bluish_ima
     (best,) = result.kept
     assert best.parent == "off-centre"  # a shifted or larger crop holds more of the red
     assert result.rounds[-1].candidates == 1 + len(variants)
+
+
+def test_aimed_crops_are_the_pool_vectors_nearest_the_adversary(atlas_and_samples):
+    atlas, samples = atlas_and_samples
+    aim = 0  # vector 0: image 2, an other-class image
+    targets = 3.0 * samples.vectors[[aim]]  # cosine: only the direction counts
+    crops = aimed_crops(atlas, samples, targets, count=3, exclude_classes=[0, 1])
+    assert crops[0].vector == aim and crops[0].similarity == pytest.approx(1.0)
+    assert [c.patch.name for c in crops] == ["aim-000", "aim-001", "aim-002"]
+    assert all(c.source == "aimed" and c.patch.kind == "discovered" for c in crops)
+    images = [int(samples.image[c.vector]) for c in crops]
+    assert len(set(images)) == len(images)  # one crop per image
+    assert not {0, 1, 4} & set(images)  # src, dst and predicted-src images only when needed
+    similarities = [c.similarity for c in crops]
+    assert similarities == sorted(similarities, reverse=True)
+    every = aimed_crops(atlas, samples, targets, count=100, exclude_classes=[0, 1])
+    assert len(every) == len(set(samples.image.tolist()))  # all images, the excluded ones last
+    assert {int(samples.image[c.vector]) for c in every[-3:]} == {0, 1, 4}
+
+
+def test_the_adversary_s_features_are_its_own_pixels_inside_its_footprint(redness, bluish_images):
+    screening, _ = bluish_images
+    red = flat("red", (255, 0, 0)).patch
+    sizes = (0.25, 0.5)
+    found = adversary_features(
+        redness, red, screening, layer="redness", sizes=sizes, placement=Corners(), max_images=5
+    )
+    sides = [round(s * S) for s in sizes]
+    assert found.shape == (sum(side * side for side in sides) * 4 * 5, 1)
+    assert np.allclose(found, 1.0, atol=1e-5)  # the redness of pure red, never the background
+
+
+def test_propose_screens_within_the_old_screening_s_cost(redness, bluish_images, atlas_and_samples):
+    screening, _ = bluish_images
+    atlas, samples = atlas_and_samples
+    pair = test_proposals.ClassPair(redness.classes[0], redness.classes[1])
+    common = {"sources": ("attribution",), "top_k": 2, "sizes": SIZES, "seed": 0}
+    old = propose(redness, atlas, samples, screening, pair, halving=False, **common)
+    (round_,) = old.rounds  # every candidate alike, on every screening image
+    assert round_.candidates == sum(old.candidates.values())
+    assert round_.pasted == old.exhaustive == exhaustive_cost(round_.candidates, 12, 3, 4)
+    new = propose(redness, atlas, samples, screening, pair, **common)
+    assert new.budget == round_.pasted and new.pasted <= new.budget
+    assert new.candidates == old.candidates and len(new.kept) == 2
+    assert all(p.source in ("attribution", "attribution+refined") for p in new.kept)
+    assert not new.table().empty and "candidates" in new.describe()
