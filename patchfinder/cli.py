@@ -394,7 +394,8 @@ SourcesOption = Annotated[
     typer.Option(
         help="Where candidate crops come from, comma-separated: 'attribution' (cells favouring "
         "dst in their own images), 'transfer' (their effect on the src photos), 'aimed' "
-        "(nearest to the optimised patch's features)."
+        "(nearest to the optimised patch's features), 'samples' (pool vectors by their own "
+        "attribution, whatever their cell)."
     ),
 ]
 DEFAULT_SOURCES_TEXT = "attribution,transfer,aimed"

@@ -50,13 +50,14 @@ from patchfinder.proposals import (
     candidate_crops,
     deduplicate,
     noise_patch,
+    ranked_crops,
     refine_crops,
 )
 from patchfinder.proposals import random_crops as natural_crops  # `random_crops` is a count here
 from patchfinder.types import ActivationSamples, ClassPair, Patch, Proposal
 
-#: Where `propose` takes candidates from by default: all of `proposals.SOURCES`.
-DEFAULT_SOURCES = SOURCES
+#: Where `propose` takes candidates from by default (`proposals.SOURCES` lists them all).
+DEFAULT_SOURCES = ("attribution", "transfer", "aimed")
 #: How many of the best survivors `propose` refines (each in `len(REFINEMENTS)` ways).
 REFINE_TOP = 5
 #: progress(stage, done, total): one bar per stage in the CLI.
@@ -142,8 +143,10 @@ def propose(
     "transfer", the cells whose vectors, dotted with `pair_direction` on the screening
     images, would push src photos most toward dst; "aimed", the `aimed` pool vectors most
     similar to `adversary`'s (the optimised patch pasted on the screening images), as in
-    SNAFUE. Crops of src or dst photos are used only where there is nothing else: the point
-    is to find *other* classes' features that push src toward dst.
+    SNAFUE; "samples", as many (`aimed`) pool vectors, those with the highest attribution
+    of their own whatever their cell (so it does not depend on the layout's binning).
+    Crops of src or dst photos are used only where there is nothing else: the point is to
+    find *other* classes' features that push src toward dst.
 
     Screening spends at most `budget` pasted images (forward passes), by default what the
     exhaustive screening of the attribution candidates on `max_screening` images costs, so
@@ -218,6 +221,8 @@ def _candidates(
     others = {"exclude_classes": [pair.src.index, pair.dst.index], "classes": model.classes}
     if source == "attribution":
         return candidate_crops(atlas, samples, **others)
+    if source == "samples":
+        return ranked_crops(atlas, samples, samples.pair_attribution, count=count, **others)
     if not have_images:
         return []
     assert screening is not None

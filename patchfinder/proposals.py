@@ -56,8 +56,9 @@ PROPOSAL_COLUMNS = (
     "similarity", "parent",
 )  # fmt: skip
 #: Where candidates come from: atlas cells ranked by attribution, or by transfer (their
-#: effect on src photos), or pool vectors nearest to the optimised patch's ("aimed").
-SOURCES = ("attribution", "transfer", "aimed")
+#: effect on src photos), pool vectors nearest to the optimised patch's ("aimed"), or pool
+#: vectors ranked one by one by their own attribution, whatever their cell ("samples").
+SOURCES = ("attribution", "transfer", "aimed", "samples")
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -310,27 +311,73 @@ def aimed_crops(
     nearest = np.full(len(unit), -np.inf)
     for start in range(0, len(aims), 512):  # (N, 512) at a time: bounded memory
         nearest = np.maximum(nearest, (unit @ aims[start : start + 512].T).max(axis=1))
+    return ranked_crops(
+        atlas, samples, nearest, count=count, source="aimed", prefix="aim", similarity=True,
+        context=context, min_side=min_side, exclude_classes=exclude_classes,
+        prefer_other_classes=prefer_other_classes, classes=classes,
+    )  # fmt: skip
+
+
+def ranked_crops(
+    atlas: Atlas,
+    samples: ActivationSamples,
+    scores: np.ndarray,
+    *,
+    count: int = 150,
+    source: str = "samples",
+    prefix: str = "sample",
+    similarity: bool = False,
+    context: float = 0.5,
+    min_side: int = 48,
+    exclude_classes: Sequence[int] = (),
+    prefer_other_classes: bool = True,
+    classes: ClassList | None = None,
+) -> list[Proposal]:
+    """Crops of the `count` pool vectors that score highest, at most one per image (its best
+    vector), other-class images first (with `prefer_other_classes`, src/dst images only when
+    too few others), cropped around their receptive fields (`crop_boxes` with `context`,
+    `min_side`). Unlike `candidate_crops` the cells play no part, so a good vector counts
+    whichever cell the layout put it in. By default `scores` are the vectors' own pair
+    attributions (the "samples" source); `aimed_crops` passes cosine similarities.
+
+    Args:
+        scores: float (N,) one per pool vector of `samples`, higher is better.
+        similarity: record `scores` as each proposal's `similarity`.
+    Returns:
+        Proposals (kind "discovered", source `source`, named `<prefix>-<rank>`, best first),
+        with `vector` and the vector's atlas `cell`.
+    """
+    if count < 1:
+        raise ValueError(f"count must be at least 1; Received: count={count}")
+    scores = np.asarray(scores, np.float64)
+    if len(scores) != len(samples.image):
+        raise ValueError(
+            f"scores must have one value per pool vector ({len(samples.image)}); "
+            f"Received: {len(scores)}"
+        )
+    if len(scores) == 0:
+        return []
     excluded = _excluded(samples, exclude_classes)
-    order = np.lexsort((np.arange(len(unit)), -nearest))  # most similar first
+    order = np.lexsort((np.arange(len(scores)), -scores))  # best first
     if prefer_other_classes:
         order = np.concatenate([order[~excluded[order]], order[excluded[order]]])
     _, first = np.unique(samples.image[order], return_index=True)  # each image's best vector
-    chosen = order[np.sort(first)][:count]  # in `order`: other classes first, then similarity
+    chosen = order[np.sort(first)][:count]  # in `order`: other classes first, then score
     crops = crop_boxes(samples, chosen, context=context, min_side=min_side)
     files = [samples.files[int(i)] for i in samples.image[chosen]]
     pixels = cut(files, crops, size=samples.input_size)
     cells = _cell_of(atlas)
     return [
         Proposal(
-            patch=Patch(name=f"aim-{rank:03d}", kind="discovered", pixels=pixels[rank]),
+            patch=Patch(name=f"{prefix}-{rank:03d}", kind="discovered", pixels=pixels[rank]),
             source_file=files[rank],
             source_class=_class_name(int(samples.label[index]), atlas, classes),
             box=tuple(int(v) for v in crops[rank]),
             cell=cells.get(int(index), (-1, -1)),
             attribution=float(samples.pair_attribution[index]),
-            source="aimed",
+            source=source,
             vector=int(index),
-            similarity=float(nearest[index]),
+            similarity=float(scores[index]) if similarity else float("nan"),
         )
         for rank, index in enumerate(chosen)
         if rank in pixels

@@ -87,7 +87,7 @@ def test_discover_takes_its_candidates_from_the_sources_asked_for(world, tmp_pat
         "--layer", "conv2", "--samples-per-image", "4", "--grid", "3", "--top-k", "2",
         "--sizes", "0.5", "--random-crops", "0", "--optimize-steps", "3",
     )  # fmt: skip
-    for sources in ("transfer", "aimed"):
+    for sources in ("transfer", "aimed", "samples"):
         out = tmp_path / sources
         result = run_cli(*common, "--out", str(out), "--sources", sources)
         assert result.exit_code == 0, result.output
@@ -97,6 +97,6 @@ def test_discover_takes_its_candidates_from_the_sources_asked_for(world, tmp_pat
         assert set(found) <= {sources, f"{sources}+refined"}
         rounds = pd.read_csv(out / "screening.csv")
         assert rounds.empty or rounds["kept"].iloc[-1] == len(found)
-    assert len(found) > 0  # aimed crops need no cell to favour dst: the nearest are taken
+    assert len(found) > 0  # sample crops need no cell to favour dst: the best vectors are taken
     result = run_cli(*common, "--out", str(tmp_path / "bad"), "--sources", "magic")
     assert result.exit_code == 2 and "sources must be some of" in result.output

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import test_proposals
@@ -11,7 +13,7 @@ from PIL import Image
 from patchfinder.discover import adversary_features, propose
 from patchfinder.evaluate import exhaustive_cost, halving_schedule, successive_halving
 from patchfinder.paste import Corners
-from patchfinder.proposals import aimed_crops, refine_crops
+from patchfinder.proposals import aimed_crops, ranked_crops, refine_crops
 
 # The model whose answer is known, its images and the synthetic atlas, shared with
 # test_proposals.
@@ -102,6 +104,29 @@ def test_aimed_crops_are_the_pool_vectors_nearest_the_adversary(atlas_and_sample
     every = aimed_crops(atlas, samples, targets, count=100, exclude_classes=[0, 1])
     assert len(every) == len(set(samples.image.tolist()))  # all images, the excluded ones last
     assert {int(samples.image[c.vector]) for c in every[-3:]} == {0, 1, 4}
+
+
+def test_sample_crops_rank_vectors_by_their_own_attribution_whatever_the_layout(
+    atlas_and_samples,
+):
+    atlas, samples = atlas_and_samples
+    scores = np.asarray(samples.pair_attribution, np.float64)
+    crops = ranked_crops(atlas, samples, scores, count=100, exclude_classes=[0, 1])
+    images = [int(samples.image[c.vector]) for c in crops]
+    assert len(set(images)) == len(images) == len(set(samples.image.tolist()))
+    others = [c for c in crops if int(samples.image[c.vector]) not in {0, 1, 4}]
+    assert [c.attribution for c in others] == sorted((c.attribution for c in others), reverse=True)
+    for crop in others:  # each image's crop is its best vector
+        mine = samples.image == samples.image[crop.vector]
+        assert crop.attribution == pytest.approx(scores[mine].max())
+    assert all(c.source == "samples" and np.isnan(c.similarity) for c in crops)
+    # Another layout (every vector in one corner) moves the cells, not the crops.
+    moved = dataclasses.replace(atlas, xy=np.zeros_like(atlas.xy), cells=[])
+    again = ranked_crops(moved, samples, scores, count=100, exclude_classes=[0, 1])
+    assert [c.box for c in again] == [c.box for c in crops]
+    assert [c.vector for c in again] == [c.vector for c in crops]
+    with pytest.raises(ValueError, match="one value per pool vector"):
+        ranked_crops(atlas, samples, scores[:2])
 
 
 def test_the_adversary_s_features_are_its_own_pixels_inside_its_footprint(redness, bluish_images):
