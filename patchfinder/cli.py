@@ -398,7 +398,7 @@ SourcesOption = Annotated[
         "attribution, whatever their cell)."
     ),
 ]
-DEFAULT_SOURCES_TEXT = "attribution,transfer,aimed"
+DEFAULT_SOURCES_TEXT = "attribution,transfer,aimed,samples"
 
 
 def _sources(text: str) -> tuple[str, ...]:

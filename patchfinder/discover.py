@@ -56,8 +56,8 @@ from patchfinder.proposals import (
 from patchfinder.proposals import random_crops as natural_crops  # `random_crops` is a count here
 from patchfinder.types import ActivationSamples, ClassPair, Patch, Proposal
 
-#: Where `propose` takes candidates from by default (`proposals.SOURCES` lists them all).
-DEFAULT_SOURCES = ("attribution", "transfer", "aimed")
+#: Where `propose` takes candidates from by default: all of `proposals.SOURCES`.
+DEFAULT_SOURCES = SOURCES
 #: How many of the best survivors `propose` refines (each in `len(REFINEMENTS)` ways).
 REFINE_TOP = 5
 #: progress(stage, done, total): one bar per stage in the CLI.
