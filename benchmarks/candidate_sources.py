@@ -20,6 +20,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -108,7 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--data", type=Path, default=os.environ.get("PATCHFINDER_DATA"))
     parser.add_argument("--model", default="efficientnet-lite0")
     parser.add_argument("--count", type=int, default=40, help="crops per set")
     parser.add_argument("--photos", type=int, default=25, help="screening photos")

@@ -18,6 +18,7 @@ replays. Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--data", type=Path, default=os.environ.get("PATCHFINDER_DATA"))
     parser.add_argument("--model", default="efficientnet-lite0")
     parser.add_argument("--schedule", default="80:6,27:19,10:26",
                         help="keep:photos per round, as the run's screening.csv")  # fmt: skip

@@ -47,8 +47,9 @@ def _numba() -> ModuleType:
 
     numba compiles UMAP and pynndescent for the CPU it runs on by default, and the layout
     amplifies the last-bit differences between instruction sets: the same vectors gave
-    another atlas on an AVX-512 machine than with generic code. Generic code makes the
-    layout a function of the data and seed on every CPU of an architecture, at some speed.
+    another atlas on an AVX-512 machine than with generic code. Generic code takes the
+    instruction set out, at some speed; it does not make layouts equal across CPU vendors
+    (an AMD EPYC and an Intel Xeon still gave different atlases: other last bits remain).
     """
     os.environ.setdefault("NUMBA_CPU_NAME", "generic")
     import numba
