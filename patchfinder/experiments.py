@@ -31,7 +31,7 @@ names a dataset of `datasets.DATASETS`, so a missing one can be named with its s
     top_k = 10
     random_crops = 10
     optimize_steps = 60                       # the optimised patch, which aims the "aimed" crops
-    sources = ["attribution", "transfer", "aimed", "samples"]  # where candidates come from (default)
+    sources = ["attribution", "transfer", "aimed", "samples"]  # candidates' sources (default)
     aimed = 150                               # how many aimed (and samples) crops
     halving = true                            # successive halving (false: screen all alike)
     refine = true                             # rescale and shift the best crops
