@@ -29,15 +29,13 @@ import pandas as pd
 
 from patchfinder import discover
 from patchfinder.activations import pair_direction
-from patchfinder.data import find_images
-from patchfinder.evaluate import eligible, evaluate_patches, split_images
-from patchfinder.experiments import check_data_root, load_experiment
+from patchfinder.evaluate import evaluate_patches
+from patchfinder.experiments import check_data_root, experiment_inputs, load_experiment
 from patchfinder.io import write_csv, write_json
 from patchfinder.model import load_model
 from patchfinder.paste import parse_placements
 from patchfinder.proposals import ranked_crops, read_patches
 from patchfinder.provenance import provenance
-from patchfinder.types import ClassPair
 
 CONTEXTS = (0.5, 1.0, 4.0)
 SIZES = (0.5, 0.4)
@@ -48,15 +46,12 @@ def measure(name: str, root: Path, model_name: str, *, count: int, photos: int) 
     rate on the screening photos."""
     experiment = load_experiment(name)
     model = load_model(model_name)
-    pair = ClassPair.parse(experiment.pair, model.classes)
-    pool = find_images(experiment.paths("pool", root), classes=model.classes)
-    images = find_images(experiment.paths("images", root), classes=model.classes)
+    pair, pool, images = experiment_inputs(experiment, root, model)
     seed, settings = experiment.seed, experiment.discovery
     samples, atlas = discover.pair_atlas(model, pool, pair, layer=settings.get("layer"), seed=seed)
-    split = split_images(
-        images.filter([pair.src]), screening_fraction=experiment.screening_fraction, seed=seed
+    _, screening, _ = discover.split_screening(
+        model, images, pair, screening_fraction=experiment.screening_fraction, seed=seed
     )
-    screening = eligible(model, split.screening, pair)
     direction = pair_direction(model, screening.images, pair, layer=atlas.layer)  # (D,)
     rankings = {
         "samples": samples.pair_attribution,

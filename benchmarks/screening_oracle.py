@@ -26,15 +26,13 @@ import numpy as np
 import pandas as pd
 
 from patchfinder import discover
-from patchfinder.data import find_images
-from patchfinder.evaluate import eligible, evaluate_patches, split_images
-from patchfinder.experiments import check_data_root, load_experiment
+from patchfinder.evaluate import evaluate_patches
+from patchfinder.experiments import check_data_root, experiment_inputs, load_experiment
 from patchfinder.io import atomic_write, write_csv, write_json
 from patchfinder.model import load_model
 from patchfinder.paste import parse_placements
 from patchfinder.proposals import deduplicate
 from patchfinder.provenance import provenance
-from patchfinder.types import ClassPair
 
 
 def measure(name: str, root: Path, model_name: str) -> dict[str, np.ndarray]:
@@ -42,18 +40,13 @@ def measure(name: str, root: Path, model_name: str) -> dict[str, np.ndarray]:
     evaluation photos, size 0.5, one row per candidate (P), corner (L) and photo (n)."""
     experiment = load_experiment(name)
     model = load_model(model_name)
-    pair = ClassPair.parse(experiment.pair, model.classes)
-    pool = find_images(experiment.paths("pool", root), classes=model.classes)
-    images = find_images(experiment.paths("images", root), classes=model.classes)
+    pair, pool, images = experiment_inputs(experiment, root, model)
     seed, settings = experiment.seed, experiment.discovery
     samples, atlas = discover.pair_atlas(model, pool, pair, seed=seed)
-    split = split_images(
-        images.filter([pair.src]), screening_fraction=experiment.screening_fraction, seed=seed
-    )
-    screening = eligible(model, split.screening, pair)
-    evaluation = eligible(model, split.evaluation, pair)
-    if experiment.max_evaluation is not None:
-        evaluation = discover._subset(evaluation, experiment.max_evaluation, seed)
+    _, screening, evaluation = discover.split_screening(
+        model, images, pair, screening_fraction=experiment.screening_fraction,
+        max_evaluation=experiment.max_evaluation, seed=seed,
+    )  # fmt: skip
     placement = parse_placements(experiment.placements)
     optimized = discover.adversary(
         model, screening, pair, steps=int(settings.get("optimize_steps", 100)),

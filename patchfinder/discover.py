@@ -359,6 +359,32 @@ class Discovery:
         )
 
 
+def split_screening(
+    model: Classifier,
+    images: ImageSet,
+    pair: ClassPair,
+    *,
+    screening_fraction: float = 0.5,
+    max_evaluation: int | None = None,
+    seed: int = 0,
+) -> tuple[Split, EligibleImages, EligibleImages]:
+    """The src photos of `images` split, seeded, into screening and evaluation parts, each cut
+    to the photos the model classifies as src (`eligible`); with `max_evaluation`, a seeded
+    subset of that many evaluation photos.
+
+    Returns:
+        (split, screening, evaluation).
+    """
+    split = split_images(
+        images.filter([pair.src]), screening_fraction=screening_fraction, seed=seed
+    )
+    screening = eligible(model, split.screening, pair)
+    evaluation = eligible(model, split.evaluation, pair)
+    if max_evaluation is not None:
+        evaluation = _subset(evaluation, max_evaluation, seed)
+    return split, screening, evaluation
+
+
 def discover(
     model: Classifier,
     pool: ImageSet,
@@ -397,15 +423,10 @@ def discover(
         model, pool, pair, layer=layer, samples_per_image=samples_per_image, grid=grid,
         seed=seed, cache=cache, progress=progress,
     )  # fmt: skip
-    split = split_images(
-        images.filter([pair.src]), screening_fraction=screening_fraction, seed=seed
-    )
-    screening, evaluation = (
-        eligible(model, split.screening, pair),
-        eligible(model, split.evaluation, pair),
-    )
-    if max_evaluation is not None:
-        evaluation = _subset(evaluation, max_evaluation, seed)
+    split, screening, evaluation = split_screening(
+        model, images, pair, screening_fraction=screening_fraction,
+        max_evaluation=max_evaluation, seed=seed,
+    )  # fmt: skip
     optimized = adversary(
         model, screening, pair, steps=optimize_steps, sizes=sizes, seed=seed, progress=progress
     )

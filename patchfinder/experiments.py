@@ -73,7 +73,7 @@ from patchfinder.config import (
     parse_pair,
     unknown_keys,
 )
-from patchfinder.data import find_images
+from patchfinder.data import ImageSet, find_images
 from patchfinder.datasets import DATASETS
 from patchfinder.discover import Discovery, Progress, discover
 from patchfinder.labels import imagenet
@@ -379,6 +379,17 @@ def data_counts(experiment: Experiment, root: Path) -> dict[str, dict[str, int]]
 # --- running ----------------------------------------------------------------------------------
 
 
+def experiment_inputs(
+    experiment: Experiment, root: Path, model: Classifier
+) -> tuple[ClassPair, ImageSet, ImageSet]:
+    """(pair, pool, images): `experiment`'s class pair in `model`'s classes and its atlas pool
+    and src photos found under the data root `root`."""
+    pair = ClassPair.parse(experiment.pair, model.classes)
+    pool = find_images(experiment.paths("pool", root), classes=model.classes)
+    images = find_images(experiment.paths("images", root), classes=model.classes)
+    return pair, pool, images
+
+
 def reproduce(
     model: Classifier,
     experiment: Experiment,
@@ -389,9 +400,7 @@ def reproduce(
 ) -> Discovery:
     """Run one experiment: `discover` for its pair on its data, with the article's patches
     and noise control evaluated beside the discovered ones on the same evaluation images."""
-    pair = ClassPair.parse(experiment.pair, model.classes)
-    pool = find_images(experiment.paths("pool", root), classes=model.classes)
-    images = find_images(experiment.paths("images", root), classes=model.classes)
+    pair, pool, images = experiment_inputs(experiment, root, model)
     given = read_patches([*experiment.paths("patches", root), *experiment.paths("noise", root)])
     return discover(
         model,
